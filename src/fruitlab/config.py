@@ -1,0 +1,374 @@
+"""The experiment schema: the single source of every default.
+
+An experiment file (`experiments/<name>.yaml`) holds only what differs from these defaults. Unknown keys are
+errors, and every error names the file, the dotted key, the value received and what is allowed. This module
+imports neither torch nor any ML library, so listing and checking experiments answers in well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+from fruitlab.errors import ConfigError, did_you_mean
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------------------------------- data
+class AugmentConfig(Strict):
+    """Library-neutral augmentation spec; probabilities in [0, 1], angles in degrees, shift as a fraction of size."""
+
+    hflip: float = Field(0.0, ge=0, le=1, description="probability of a horizontal flip")
+    vflip: float = Field(0.0, ge=0, le=1, description="probability of a vertical flip")
+    rotate: float = Field(0.0, ge=0, le=180, description="max rotation, degrees")
+    scale: tuple[float, float] | None = Field(None, description="zoom range, e.g. [0.8, 1.2]")
+    shear: float = Field(0.0, ge=0, le=45, description="max shear, degrees")
+    shift: float = Field(0.0, ge=0, le=0.5, description="max translation, fraction of image size")
+    color_jitter: float = Field(0.0, ge=0, le=1, description="brightness/contrast/saturation strength")
+    blur: float = Field(0.0, ge=0, le=1, description="probability of a Gaussian blur")
+    sharpness: float = Field(0.0, ge=0, le=1, description="probability of sharpening")
+    random_resized_crop: tuple[float, float] | None = Field(None, description="area range, e.g. [0.6, 1.0]")
+
+    @property
+    def enabled(self) -> bool:
+        return self != AugmentConfig()
+
+
+class DataConfig(Strict):
+    dataset: str = Field("fruits_fresh_rotten", description="a registered dataset (fruitlab data list)")
+    root: str | None = Field(None, description="image_folder: the folder; other datasets: an extracted copy")
+    split: str | None = Field(None, description="dataset-specific split scheme; None = the dataset's default")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="held-out fraction when the data has no val split")
+    max_per_class: int | None = Field(None, ge=1, description="cap images per class and split (CPU-sized runs)")
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1, description="default: 2 x batch_size")
+    num_workers: int = Field(2, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+    augment_backend: Literal["albumentations", "torchvision"] = "albumentations"
+
+
+class PreprocessConfig(Strict):
+    """Overrides of the backbone's own timm data config; None = take it from the backbone."""
+
+    input_size: int | None = Field(None, ge=8, description="square side, pixels")
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = None
+    crop_pct: float | None = Field(None, gt=0, le=1, description="eval: resize to size/crop_pct, centre crop")
+
+
+# -------------------------------------------------------------------------------------------------- model
+class HeadConfig(Strict):
+    pool: Literal["model", "avg", "max", "avgmax"] = Field(
+        "model", description="'model' uses the backbone's own pooling; the others pool its feature map"
+    )
+    hidden: list[int] = Field(default_factory=list, description="widths of hidden layers before the classifier")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+
+
+class ModelConfig(Strict):
+    backbone: str = Field("efficientnet_lite0", description="any timm model name (timm.list_models)")
+    pretrained: bool | str = Field(
+        True, description="true: offline package weights if known, else timm's hub; false; or a weights file"
+    )
+    head: HeadConfig = HeadConfig()
+
+
+# ----------------------------------------------------------------------------------------------- finetune
+class TrainSpec(Strict):
+    """Which part of the backbone trains; give exactly one."""
+
+    last_stages: int | None = Field(None, ge=1, description="the last N coarse groups (stages) of timm's matcher")
+    last_blocks: int | None = Field(None, ge=1, description="the last N fine groups (blocks) of timm's matcher")
+    modules: list[str] | None = Field(None, description="module names (prefixes) inside the backbone")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> TrainSpec:
+        given = [k for k in ("last_stages", "last_blocks", "modules") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of last_stages, last_blocks, modules (got {given or 'none'})")
+        return self
+
+
+class OptimizerConfig(Strict):
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: float = Field(1e-3, gt=0, description="learning rate of the head")
+    backbone_lr: float | None = Field(None, gt=0, description="learning rate of trainable backbone parts; None = lr")
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop only")
+    nesterov: bool = False
+
+
+class ScheduleConfig(Strict):
+    name: Literal["constant", "cosine", "step", "exponential", "plateau"] = "constant"
+    step_size: int = Field(1, ge=1, description="step: epochs between decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="step/exponential/plateau: decay factor")
+    patience: int = Field(2, ge=0, description="plateau: epochs without improvement")
+    min_lr: float = Field(0.0, ge=0)
+
+
+class PhaseConfig(Strict):
+    name: str | None = None
+    epochs: int = Field(..., ge=1)
+    train: Literal["none", "all"] | TrainSpec = Field("none", description="none | all | {last_stages|last_blocks|modules}")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    bn: Literal["frozen", "train"] = Field("frozen", description="BatchNorm mode of the frozen backbone parts")
+
+
+def _default_phases() -> list[PhaseConfig]:
+    return [
+        PhaseConfig(name="head", epochs=2, train="none", optimizer=OptimizerConfig(lr=1e-3)),
+        PhaseConfig(name="finetune", epochs=2, train="all", optimizer=OptimizerConfig(lr=1e-4)),
+    ]
+
+
+class FinetuneConfig(Strict):
+    phases: list[PhaseConfig] = Field(default_factory=_default_phases, min_length=1)
+
+
+class EarlyStoppingConfig(Strict):
+    enabled: bool = True
+    monitor: str = "val/loss"
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(3, ge=0, description="epochs; in a phase that is not the last, stopping ends the phase")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class CheckpointConfig(Strict):
+    monitor: str = "val/loss"
+    mode: Literal["min", "max"] = "min"
+    save_last: bool = True
+
+
+class TrainerConfig(Strict):
+    """Passed through to lightning.Trainer."""
+
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_nodes: int = Field(1, ge=1)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    gradient_clip_val: float | None = None
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    log_every_n_steps: int = Field(10, ge=1)
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+
+
+class TrackingConfig(Strict):
+    uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    experiment: str | None = Field(None, description="MLflow experiment; default: the experiment file's name")
+    run_name: str | None = None
+    log_model: bool = True
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class Experiment(Strict):
+    description: str = ""
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    model: ModelConfig = ModelConfig()
+    finetune: FinetuneConfig = FinetuneConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    _name: str = PrivateAttr("adhoc")
+    _source: str = PrivateAttr("<memory>")
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def source(self) -> str:
+        """The file this experiment came from, for error messages."""
+        return self._source
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(p.epochs for p in self.finetune.phases)
+
+    def where(self, key: str) -> str:
+        """'(experiments/x.yaml: data.dataset)' for messages about one key."""
+        return f"({self._source}: {key})"
+
+    def flat(self) -> dict[str, Any]:
+        """Every resolved value as a flat dotted dict (for MLflow params)."""
+        return flatten(self.model_dump(mode="json"))
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def experiments_dir() -> Path:
+    """$FRUITLAB_EXPERIMENTS, else ./experiments (the repo's own experiment files)."""
+    return Path(os.environ.get("FRUITLAB_EXPERIMENTS", "experiments"))
+
+
+def list_experiments(directory: Path | None = None) -> dict[str, Path]:
+    directory = directory or experiments_dir()
+    return {p.stem: p for p in sorted(directory.glob("*.yaml"))}
+
+
+def describe_experiment(path: Path) -> str:
+    """The one-line description, read without validating the whole file."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return "(invalid YAML)"
+    return str(data.get("description", "")).strip().splitlines()[0] if isinstance(data, dict) and data.get("description") else ""
+
+
+def resolve_experiment_path(name_or_path: str, directory: Path | None = None) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    known = list_experiments(directory)
+    if name_or_path in known:
+        return known[name_or_path]
+    where = directory or experiments_dir()
+    hint = did_you_mean(name_or_path, known)
+    listing = ", ".join(known) or f"none: no *.yaml in {where}"
+    raise ConfigError(f"unknown experiment {name_or_path!r}{hint} (known: {listing})")
+
+
+def load_experiment(name_or_path: str, overrides: list[str] | None = None, directory: Path | None = None) -> Experiment:
+    """Read, merge --set overrides into, and validate one experiment file."""
+    path = resolve_experiment_path(name_or_path, directory)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_experiment(raw, source=str(path), name=path.stem)
+
+
+def validate_experiment(raw: dict[str, Any], source: str = "<memory>", name: str = "adhoc") -> Experiment:
+    try:
+        exp = Experiment.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+    exp._name, exp._source = name, source
+    return exp
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Apply one `key.path=value` (value parsed as YAML) to the raw mapping, in place."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set data.batch_size=16")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts[:-1]):
+        if part.isdigit() and isinstance(node, list):
+            idx = int(part)
+            if idx >= len(node):
+                raise ConfigError(f"--set {key}: index {idx} is out of range ({'.'.join(parts[:i])} has {len(node)} items)")
+            node = node[idx]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is not a mapping")
+        nxt = node.get(part)
+        if nxt is None:
+            # Fill in the schema default so `--set finetune.phases.1.epochs=3` works without restating the list.
+            nxt = _schema_default(parts[: i + 1])
+            node[part] = nxt
+        node = nxt
+    last = parts[-1]
+    if isinstance(node, list) and last.isdigit():
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {key}: {'.'.join(parts[:-1])} is not a mapping")
+
+
+def _schema_default(path: list[str]) -> Any:
+    value: Any = Experiment().model_dump(mode="json")
+    for part in path:
+        if isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        elif isinstance(value, dict) and part in value:
+            value = value[part]
+        else:
+            return {}
+    return value if isinstance(value, dict | list) else {}
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} invalid setting(s)"]
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+        key = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            allowed = _fields_at(loc[:-1])
+            hint = did_you_mean(loc[-1], allowed)
+            lines.append(f"  {key}: unknown key{hint} (allowed here: {', '.join(sorted(allowed))})")
+        else:
+            lines.append(f"  {key}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _is_union_tag(part: Any) -> bool:
+    # pydantic puts the union member's name in loc ('TrainSpec', "literal['none','all']"); users never wrote it.
+    return isinstance(part, str) and (part[:1].isupper() or part.startswith(("literal[", "function-")))
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    model: Any = Experiment
+    for part in loc:
+        if part.isdigit():
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        for i, v in enumerate(value):
+            out.update(flatten(v, f"{prefix}{i}."))
+    else:
+        out[prefix.rstrip(".")] = value
+    return out
+
+
+def dump_yaml(exp: Experiment) -> str:
+    return yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,84 @@
+"""Datasets and the LightningDataModule over a loaded `DatasetSplits`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from fruitlab.config import DataConfig
+from fruitlab.data.transforms import Transform, build_transform, eval_resize
+
+
+def load_rgb_array(item: str | np.ndarray, min_side: int | None = None) -> np.ndarray:
+    """HxWx3 uint8 from a file (decoded by content, whatever its extension) or an in-memory array.
+
+    For JPEGs, `draft` lets libjpeg decode at a reduced scale that still covers `min_side`: large photos
+    then decode several times faster, and the resize that follows sees the same detail it would keep anyway.
+    """
+    if isinstance(item, np.ndarray):
+        return item
+    with Image.open(item) as img:
+        if min_side and img.format == "JPEG":
+            w, h = img.size
+            scale = min_side / min(w, h)
+            if scale < 1:
+                img.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
+        return np.asarray(img.convert("RGB"))
+
+
+class ImageDataset(Dataset):
+    def __init__(self, items: list[Any], labels: list[int], transform: Transform, min_side: int | None = None):
+        self.items, self.labels, self.transform, self.min_side = items, labels, transform, min_side
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = load_rgb_array(self.items[index], self.min_side)
+        return self.transform(image), self.labels[index]
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Loaders for the splits; the train split alone is augmented."""
+
+    def __init__(self, splits: Any, cfg: DataConfig, preprocess: dict[str, Any], seed: int = 42):
+        super().__init__()
+        self.splits, self.cfg, self.preprocess, self.seed = splits, cfg, preprocess, seed
+        self.classes: list[str] = list(splits.classes)
+
+    def dataset(self, split: str, augment: bool = False) -> ImageDataset:
+        part = self.splits.splits[split]
+        transform = build_transform(self.preprocess, self.cfg.augment if augment else None, self.cfg.augment_backend)
+        return ImageDataset(part.items, part.labels, transform, min_side=eval_resize(self.preprocess))
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        cfg = self.cfg
+        workers = cfg.num_workers
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            self.dataset(split, augment=train),
+            batch_size=cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size),
+            shuffle=train,
+            drop_last=False,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            generator=generator if train else None,
+        )
+
+    def has_split(self, split: str) -> bool:
+        return split in self.splits.splits
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)

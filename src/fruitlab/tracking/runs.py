@@ -1,0 +1,125 @@
+"""MLflow runs: one explicit tracking URI, an experiment per experiment file, a run per fit.
+
+Lightning's MLFlowLogger defaults to ./mlruns while MLflow 3 defaults to sqlite:///mlflow.db; fruitlab resolves
+the URI once here and hands the same one to both, so the UI, the logger and the registry always agree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from fruitlab import __version__
+from fruitlab.config import Experiment, dump_yaml
+from fruitlab.errors import TrackingError
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+ARTIFACT_DIR = "mlruns"
+CONFIG_ARTIFACT = "config/experiment.yaml"
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """The experiment's `tracking.uri`, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+
+
+def client_for(uri: str) -> MlflowClient:
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    # With a local store, artifacts go to ./mlruns next to mlflow.db (explicitly: MLflow's own default moved).
+    location = Path(ARTIFACT_DIR).resolve().as_uri() if is_local_store(uri) else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    commit = out.stdout.strip() or "unknown"
+    return commit + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def start_run(exp: Experiment, uri: str, tags: dict[str, str]) -> str:
+    client = client_for(uri)
+    experiment_id = ensure_experiment(client, exp.tracking.experiment or exp.name, uri)
+    all_tags = {
+        "fruitlab.version": __version__,
+        "fruitlab.experiment_file": exp.source,
+        "mlflow.source.git.commit": git_commit(),
+        **exp.tracking.tags,
+        **tags,
+    }
+    run = client.create_run(experiment_id, run_name=exp.tracking.run_name, tags=all_tags)
+    log_config(client, run.info.run_id, exp)
+    return run.info.run_id
+
+
+def reopen_run(uri: str, run_id: str) -> MlflowClient:
+    client = client_for(uri)
+    try:
+        client.get_run(run_id)
+    except Exception:
+        raise TrackingError(f"run {run_id!r} is not in the tracking store {uri!r}; check the id and --tracking-uri") from None
+    client.update_run(run_id, status="RUNNING")
+    return client
+
+
+def load_run_config(uri: str, run_id: str) -> str:
+    """The resolved experiment YAML a run was started with."""
+    client = client_for(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)
+        except Exception:
+            raise TrackingError(f"run {run_id!r} has no {CONFIG_ARTIFACT} artifact: was it started by fruitlab fit?") from None
+        return Path(path).read_text()
+
+
+def log_config(client: MlflowClient, run_id: str, exp: Experiment) -> None:
+    """Every resolved value as a param (batched: 100 per call), and the resolved YAML as an artifact."""
+    params = [Param(k, "None" if v is None else str(v)[:6000]) for k, v in exp.flat().items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i : i + 100])
+    client.log_text(run_id, dump_yaml(exp), CONFIG_ARTIFACT)
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    import time
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    for i in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[i : i + 1000])
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_json(client: MlflowClient, run_id: str, data: Any, artifact_file: str) -> None:
+    client.log_text(run_id, json.dumps(data, indent=2), artifact_file)
+
+
+def finish_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
+    client.set_terminated(run_id, status=status)

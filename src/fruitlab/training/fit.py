@@ -1,0 +1,187 @@
+"""fit(): one experiment, start to finish. Reads top to bottom as the recipe it is."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+
+from fruitlab.config import Experiment
+from fruitlab.data.datamodule import ImageDataModule
+from fruitlab.data.registry import load_dataset
+from fruitlab.errors import TrackingError
+from fruitlab.evaluation.report import classification_report, confusion_figure, format_report, predict_batches
+from fruitlab.models.backbone import check_backbone_name
+from fruitlab.models.classifier import build_classifier
+from fruitlab.tracking import runs
+from fruitlab.tracking.models import log_classifier
+from fruitlab.training.module import TASK, ClassifierModule
+from fruitlab.training.phases import PhaseEarlyStopping, PhasePlan, PhaseSchedule
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_ROOT = Path("checkpoints")
+RUN_ID_ENV = "FRUITLAB_RUN_ID"  # how DDP worker processes (re-launched by Lightning) find the parent's run
+
+
+@dataclass
+class FitResult:
+    run_id: str
+    tracking_uri: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_uri: str | None = None
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def fit(exp: Experiment, *, resume_run_id: str | None = None, data_dir: str | None = None) -> FitResult:
+    started = time.perf_counter()
+    # 1. Names first: a typo fails in a second, before any download or weight load.
+    check_backbone_name(exp.model.backbone, exp.where("model.backbone"))
+    L.seed_everything(exp.seed, workers=True, verbose=False)
+
+    # 2. Data: classes come from the data, never from the config.
+    splits = load_dataset(exp.data, seed=exp.seed, data_dir=data_dir, where=exp.where("data.dataset"))
+
+    # 3. Model, phase plan, LightningModule.
+    model, weights = build_classifier(exp.model, exp.preprocess, splits.classes, exp.where("model.backbone"))
+    plan = PhasePlan(exp.finetune.phases)
+    module = ClassifierModule(model, plan)
+    datamodule = ImageDataModule(splits, exp.data, model.preprocess, seed=exp.seed)
+
+    # 4. Tracking: one run per fit (the same run again on --resume).
+    uri = runs.tracking_uri(exp.tracking.uri)
+    tags = {
+        "fruitlab.backbone": exp.model.backbone,
+        "fruitlab.weights": weights,
+        "fruitlab.dataset": exp.data.dataset,
+        "fruitlab.dataset_fingerprint": splits.fingerprint,
+        "fruitlab.classes": ",".join(splits.classes),
+    }
+    run_id = _open_run(exp, uri, tags, resume_run_id)
+    checkpoint_dir = CHECKPOINT_ROOT / run_id
+    logger = MLFlowLogger(experiment_name=exp.tracking.experiment or exp.name, tracking_uri=uri, run_id=run_id)
+
+    # 5. Callbacks and trainer; the trainer settings pass straight through to Lightning.
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="best-{epoch}",
+        monitor=exp.checkpoint.monitor,
+        mode=exp.checkpoint.mode,
+        save_last=exp.checkpoint.save_last,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+    )
+    callbacks: list[Any] = [PhaseSchedule(), checkpoint]
+    if exp.early_stopping.enabled:
+        es = exp.early_stopping
+        callbacks.append(PhaseEarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta))
+    trainer = L.Trainer(
+        max_epochs=exp.total_epochs,
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(checkpoint_dir),
+        **_trainer_kwargs(exp),
+    )
+
+    # 6. Train (or continue training).
+    ckpt_path = _resume_checkpoint(checkpoint_dir) if resume_run_id else None
+    status = "FAILED"
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        status = "KILLED" if trainer.interrupted else "FINISHED"
+    finally:
+        if trainer.global_rank == 0 and status != "FINISHED":
+            runs.finish_run(runs.client_for(uri), run_id, status)
+    if trainer.global_rank != 0:
+        return FitResult(run_id=run_id, tracking_uri=uri)
+
+    # 7. Evaluate the best checkpoint on val (and test), log it and the model.
+    result = FitResult(run_id=run_id, tracking_uri=uri)
+    best = checkpoint.best_model_path or checkpoint.last_model_path
+    if best:
+        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+    client = runs.client_for(uri)
+    for split in ("val", "test"):
+        if datamodule.has_split(split):
+            result.reports[split] = _evaluate_and_log(client, run_id, model, datamodule, split)
+    result.metrics = {f"{k}": v for k, v in _summary_metrics(result.reports).items()}
+    runs.set_tags(client, run_id, {"fruitlab.checkpoint_dir": str(checkpoint_dir.resolve()), "fruitlab.best_checkpoint": best})
+    if exp.tracking.log_model:
+        example = datamodule.dataset("val")[0][0].unsqueeze(0)
+        result.model_uri = log_classifier(model, run_id, example)
+        runs.set_tags(client, run_id, {"fruitlab.model_uri": result.model_uri})
+    result.seconds = time.perf_counter() - started
+    runs.log_metrics(client, run_id, {"fit_seconds": result.seconds})
+    runs.finish_run(client, run_id, "FINISHED")
+    return result
+
+
+def _open_run(exp: Experiment, uri: str, tags: dict[str, str], resume_run_id: str | None) -> str:
+    if not rank_zero_only.rank == 0:  # a DDP worker re-launched by Lightning: join the parent's run
+        return os.environ[RUN_ID_ENV]
+    if resume_run_id:
+        runs.reopen_run(uri, resume_run_id)
+        run_id = resume_run_id
+    else:
+        run_id = runs.start_run(exp, uri, tags)
+    os.environ[RUN_ID_ENV] = run_id
+    return run_id
+
+
+def _resume_checkpoint(checkpoint_dir: Path) -> str:
+    last = checkpoint_dir / "last.ckpt"
+    if not last.exists():
+        raise TrackingError(
+            f"cannot resume: {last} does not exist (checkpoints are kept in ./{CHECKPOINT_ROOT}/<run id>/ "
+            "of the directory the run was started in)"
+        )
+    return str(last)
+
+
+def _trainer_kwargs(exp: Experiment) -> dict[str, Any]:
+    t = exp.trainer
+    kwargs = t.model_dump()
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _evaluate_and_log(client: Any, run_id: str, model: Any, datamodule: ImageDataModule, split: str) -> dict[str, Any]:
+    loader = datamodule._loader(split, train=False)
+    probs, labels = predict_batches(model, loader)
+    report = classification_report(probs, labels, datamodule.classes)
+    prefix = "best/val" if split == "val" else "test"
+    runs.log_metrics(
+        client,
+        run_id,
+        {f"{prefix}/{TASK}/{k}": report[k] for k in ("acc", "precision_macro", "recall_macro", "f1_macro")},
+    )
+    runs.log_json(client, run_id, report, f"evaluation/{split}_report.json")
+    client.log_text(run_id, _per_class_csv(report), f"evaluation/{split}_per_class.csv")
+    fig = confusion_figure(report, f"{split} confusion matrix (n={report['n']})")
+    client.log_figure(run_id, fig, f"evaluation/{split}_confusion.png")
+    print(format_report(report, split))
+    return report
+
+
+def _per_class_csv(report: dict[str, Any]) -> str:
+    rows = ["class,precision,recall,f1,support"]
+    rows += [f"{r['class']},{r['precision']:.6f},{r['recall']:.6f},{r['f1']:.6f},{r['support']}" for r in report["per_class"]]
+    return "\n".join(rows) + "\n"
+
+
+def _summary_metrics(reports: dict[str, dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    for split, report in reports.items():
+        prefix = "best/val" if split == "val" else "test"
+        out[f"{prefix}/{TASK}/acc"] = report["acc"]
+        out[f"{prefix}/{TASK}/f1_macro"] = report["f1_macro"]
+    return out

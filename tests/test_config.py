@@ -1,0 +1,103 @@
+"""The schema: defaults, every experiment file, overrides, and errors that name file, key, value and choices."""
+
+from pathlib import Path
+
+import pytest
+
+from fruitlab.config import (
+    Experiment,
+    apply_override,
+    describe_experiment,
+    list_experiments,
+    load_experiment,
+    validate_experiment,
+)
+from fruitlab.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENTS = REPO / "experiments"
+
+
+@pytest.mark.parametrize("name", sorted(list_experiments(EXPERIMENTS)))
+def test_every_experiment_file_validates_and_has_a_description(name):
+    exp = load_experiment(name, directory=EXPERIMENTS)
+    assert exp.name == name
+    assert exp.total_epochs >= 1
+    assert describe_experiment(EXPERIMENTS / f"{name}.yaml")
+
+
+def test_the_shipped_experiments_exist():
+    assert {"quickstart", "finetune_vgg16", "cifar10_resnet18"} <= set(list_experiments(EXPERIMENTS))
+
+
+def test_defaults_live_in_the_schema():
+    exp = Experiment()
+    assert exp.data.dataset == "fruits_fresh_rotten"
+    assert exp.finetune.phases[0].train == "none"
+    assert exp.early_stopping.enabled and exp.checkpoint.save_last
+
+
+def test_unknown_key_names_file_key_and_suggests(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("data:\n  batchsize: 8\n")
+    with pytest.raises(ConfigError) as err:
+        load_experiment(str(path))
+    msg = str(err.value)
+    assert str(path) in msg and "data.batchsize" in msg and "did you mean 'batch_size'" in msg
+
+
+def test_bad_value_names_key_value_and_constraint():
+    with pytest.raises(ConfigError) as err:
+        validate_experiment({"data": {"batch_size": 0}}, source="e.yaml")
+    msg = str(err.value)
+    assert "e.yaml" in msg and "data.batch_size" in msg and "got 0" in msg and "greater than or equal to 1" in msg
+
+
+def test_bad_literal_lists_what_is_allowed():
+    with pytest.raises(ConfigError) as err:
+        validate_experiment({"finetune": {"phases": [{"epochs": 1, "optimizer": {"name": "adamm"}}]}})
+    msg = str(err.value)
+    assert "finetune.phases.0.optimizer.name" in msg and "'adam'" in msg and "'sgd'" in msg
+
+
+def test_train_spec_needs_exactly_one_choice():
+    with pytest.raises(ConfigError, match="exactly one of last_stages, last_blocks, modules"):
+        validate_experiment({"finetune": {"phases": [{"epochs": 1, "train": {"last_stages": 1, "last_blocks": 2}}]}})
+
+
+def test_unknown_experiment_suggests_the_closest():
+    with pytest.raises(ConfigError, match="did you mean 'quickstart'"):
+        load_experiment("quikstart", directory=EXPERIMENTS)
+
+
+def test_overrides_parse_yaml_values_and_reach_list_items():
+    exp = load_experiment(
+        "quickstart",
+        ["data.batch_size=8", "finetune.phases.1.epochs=5", "data.augment.scale=[0.8, 1.2]", "model.pretrained=false"],
+        directory=EXPERIMENTS,
+    )
+    assert exp.data.batch_size == 8
+    assert exp.finetune.phases[1].epochs == 5
+    assert exp.data.augment.scale == (0.8, 1.2)
+    assert exp.model.pretrained is False
+
+
+def test_override_of_a_key_the_file_does_not_set_uses_schema_defaults():
+    raw: dict = {}
+    apply_override(raw, "finetune.phases.0.epochs=7")
+    exp = validate_experiment(raw)
+    assert exp.finetune.phases[0].epochs == 7 and len(exp.finetune.phases) == 2
+
+
+def test_override_errors_are_config_errors():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        apply_override({}, "data.batch_size")
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_experiment("quickstart", ["data.bach_size=3"], directory=EXPERIMENTS)
+
+
+def test_flat_params_cover_every_value():
+    flat = Experiment().flat()
+    assert flat["data.batch_size"] == 32
+    assert flat["finetune.phases.1.optimizer.lr"] == 1e-4
+    assert "model.head.pool" in flat
