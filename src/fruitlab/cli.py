@@ -27,15 +27,19 @@ app = typer.Typer(
 data_app = typer.Typer(help="Datasets: list, fetch.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-ExperimentOpt = Annotated[str, typer.Option("--experiment", "-e", help="experiment name (experiments/NAME.yaml) or path")]
+ExperimentOpt = Annotated[
+    str, typer.Option("--experiment", "-e", help="experiment name (experiments/NAME.yaml) or path")
+]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="override a key, e.g. --set data.batch_size=16 (repeatable)")
 ]
 UriOpt = Annotated[
-    str | None, typer.Option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)"),
 ]
 DataDirOpt = Annotated[
-    str | None, typer.Option("--data-dir", help="where datasets are cached (default: $FRUITLAB_DATA_DIR or ~/.cache/fruitlab)")
+    str | None,
+    typer.Option("--data-dir", help="where datasets are cached (default: $FRUITLAB_DATA_DIR or ~/.cache/fruitlab)"),
 ]
 MirrorOpt = Annotated[
     str | None, typer.Option("--mirror", help="local folder holding dataset archives (default: $FRUITLAB_DATA_MIRROR)")
@@ -50,7 +54,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("fruitlab").setLevel(logging.INFO)
@@ -63,8 +69,10 @@ def experiments() -> None:
 
     found = list_experiments()
     if not found:
-        raise FruitlabError(f"no experiment files (*.yaml) in {experiments_dir().resolve()}; run from the repo root "
-                            "or set FRUITLAB_EXPERIMENTS")
+        raise FruitlabError(
+            f"no experiment files (*.yaml) in {experiments_dir().resolve()}; run from the repo root "
+            "or set FRUITLAB_EXPERIMENTS"
+        )
     width = max(len(n) for n in found)
     for name, path in found.items():
         typer.echo(f"{name:<{width}}  {describe_experiment(path)}")
@@ -91,7 +99,9 @@ def fit(
         str | None, typer.Option("--experiment", "-e", help="experiment name (experiments/NAME.yaml) or path")
     ] = None,
     set_: SetOpt = None,
-    resume: Annotated[str | None, typer.Option("--resume", help="continue an interrupted run by its MLflow run id")] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="continue an interrupted run by its MLflow run id")
+    ] = None,
     tracking_uri: UriOpt = None,
     data_dir: DataDirOpt = None,
     mirror: MirrorOpt = None,
@@ -115,7 +125,7 @@ def fit(
         typer.echo(f"model {result.model_uri}  tracking {result.tracking_uri}  (fruitlab ui)")
 
 
-def _experiment_of_run(run_id: str, overrides: list[str] | None):  # noqa: ANN202 - Experiment, imported lazily
+def _experiment_of_run(run_id: str, overrides: list[str] | None):
     import yaml
 
     from fruitlab.config import apply_override, validate_experiment
@@ -135,7 +145,8 @@ def ui(
     tracking_uri: UriOpt = None,
 ) -> None:
     """Open the MLflow UI on the same store fruitlab fit logs to."""
-    from fruitlab.tracking.runs import ARTIFACT_DIR, tracking_uri as resolve
+    from fruitlab.tracking.runs import ARTIFACT_DIR
+    from fruitlab.tracking.runs import tracking_uri as resolve
 
     uri = resolve(tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]

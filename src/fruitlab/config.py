@@ -118,7 +118,9 @@ class ScheduleConfig(Strict):
 class PhaseConfig(Strict):
     name: str | None = None
     epochs: int = Field(..., ge=1)
-    train: Literal["none", "all"] | TrainSpec = Field("none", description="none | all | {last_stages|last_blocks|modules}")
+    train: Literal["none", "all"] | TrainSpec = Field(
+        "none", description="none | all | {last_stages|last_blocks|modules}"
+    )
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     bn: Literal["frozen", "train"] = Field("frozen", description="BatchNorm mode of the frozen backbone parts")
@@ -228,7 +230,11 @@ def describe_experiment(path: Path) -> str:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:
         return "(invalid YAML)"
-    return str(data.get("description", "")).strip().splitlines()[0] if isinstance(data, dict) and data.get("description") else ""
+    return (
+        str(data.get("description", "")).strip().splitlines()[0]
+        if isinstance(data, dict) and data.get("description")
+        else ""
+    )
 
 
 def resolve_experiment_path(name_or_path: str, directory: Path | None = None) -> Path:
@@ -282,7 +288,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         if part.isdigit() and isinstance(node, list):
             idx = int(part)
             if idx >= len(node):
-                raise ConfigError(f"--set {key}: index {idx} is out of range ({'.'.join(parts[:i])} has {len(node)} items)")
+                raise ConfigError(
+                    f"--set {key}: index {idx} is out of range ({'.'.join(parts[:i])} has {len(node)} items)"
+                )
             node = node[idx]
             continue
         if not isinstance(node, dict):

@@ -35,8 +35,10 @@ def test_offline_efficientnet_lite0_weights_recognise_imagenet_classes():
     full.load_state_dict(dict(zip(full.state_dict(), state.values(), strict=True)))
     full.eval()
     with torch.inference_mode():
-        assert torch.equal(full.forward_head(full.forward_features(torch.zeros(1, 3, 64, 64)), pre_logits=True),
-                           backbone.eval()(torch.zeros(1, 3, 64, 64)))
+        assert torch.equal(
+            full.forward_head(full.forward_features(torch.zeros(1, 3, 64, 64)), pre_logits=True),
+            backbone.eval()(torch.zeros(1, 3, 64, 64)),
+        )
         cat = full(_imagenet_input(data.chelsea(), pre)).argmax().item()
         coffee = full(_imagenet_input(data.coffee(), pre)).argmax().item()
     assert cat == 285  # Egyptian cat
@@ -78,7 +80,9 @@ def test_preprocess_overrides_win_over_timm_config():
 
 @pytest.mark.parametrize("pool", ["model", "avg", "avgmax"])
 def test_classifier_head_shapes(pool):
-    cfg = ModelConfig(backbone="test_efficientnet", pretrained=False, head=HeadConfig(pool=pool, hidden=[16], dropout=0.2))
+    cfg = ModelConfig(
+        backbone="test_efficientnet", pretrained=False, head=HeadConfig(pool=pool, hidden=[16], dropout=0.2)
+    )
     model, _ = build_classifier(cfg, PreprocessConfig(), ["a", "b", "c"])
     out = model.eval()(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 3)

@@ -20,7 +20,7 @@ Transform = Callable[[np.ndarray], torch.Tensor]  # HxWx3 uint8 RGB -> (3, size,
 
 
 def eval_resize(pre: dict[str, Any]) -> int:
-    return int(round(pre["input_size"] / pre["crop_pct"]))
+    return round(pre["input_size"] / pre["crop_pct"])
 
 
 def build_transform(pre: dict[str, Any], augment: AugmentConfig | None, backend: str = "albumentations") -> Transform:

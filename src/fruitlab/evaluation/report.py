@@ -20,7 +20,9 @@ from torchmetrics.functional.classification import (
 
 
 @torch.inference_mode()
-def predict_batches(model: torch.nn.Module, batches: Iterable[Any], device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def predict_batches(
+    model: torch.nn.Module, batches: Iterable[Any], device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax probabilities (N, C) and labels (N,) over (images, labels) batches."""
     model = model.eval().to(device)
     probs, labels = [], []
@@ -41,7 +43,7 @@ def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: li
     }
     support = torch.bincount(labels, minlength=n)
     return {
-        "n": int(len(labels)),
+        "n": len(labels),
         "acc": float(multiclass_accuracy(preds, labels, average="micro", **kw)),
         "precision_macro": float(multiclass_precision(preds, labels, average="macro", **kw)),
         "recall_macro": float(multiclass_recall(preds, labels, average="macro", **kw)),

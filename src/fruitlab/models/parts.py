@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from torch import nn
 from timm.models import group_parameters
+from torch import nn
 
 from fruitlab.config import TrainSpec
 from fruitlab.errors import ConfigError, did_you_mean

@@ -80,7 +80,9 @@ def reopen_run(uri: str, run_id: str) -> MlflowClient:
     try:
         client.get_run(run_id)
     except Exception:
-        raise TrackingError(f"run {run_id!r} is not in the tracking store {uri!r}; check the id and --tracking-uri") from None
+        raise TrackingError(
+            f"run {run_id!r} is not in the tracking store {uri!r}; check the id and --tracking-uri"
+        ) from None
     client.update_run(run_id, status="RUNNING")
     return client
 
@@ -92,7 +94,9 @@ def load_run_config(uri: str, run_id: str) -> str:
         try:
             path = client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)
         except Exception:
-            raise TrackingError(f"run {run_id!r} has no {CONFIG_ARTIFACT} artifact: was it started by fruitlab fit?") from None
+            raise TrackingError(
+                f"run {run_id!r} has no {CONFIG_ARTIFACT} artifact: was it started by fruitlab fit?"
+            ) from None
         return Path(path).read_text()
 
 

@@ -84,7 +84,9 @@ def fit(exp: Experiment, *, resume_run_id: str | None = None, data_dir: str | No
     callbacks: list[Any] = [PhaseSchedule(), checkpoint]
     if exp.early_stopping.enabled:
         es = exp.early_stopping
-        callbacks.append(PhaseEarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta))
+        callbacks.append(
+            PhaseEarlyStopping(monitor=es.monitor, mode=es.mode, patience=es.patience, min_delta=es.min_delta)
+        )
     trainer = L.Trainer(
         max_epochs=exp.total_epochs,
         logger=logger,
@@ -115,7 +117,9 @@ def fit(exp: Experiment, *, resume_run_id: str | None = None, data_dir: str | No
         if datamodule.has_split(split):
             result.reports[split] = _evaluate_and_log(client, run_id, model, datamodule, split)
     result.metrics = {f"{k}": v for k, v in _summary_metrics(result.reports).items()}
-    runs.set_tags(client, run_id, {"fruitlab.checkpoint_dir": str(checkpoint_dir.resolve()), "fruitlab.best_checkpoint": best})
+    runs.set_tags(
+        client, run_id, {"fruitlab.checkpoint_dir": str(checkpoint_dir.resolve()), "fruitlab.best_checkpoint": best}
+    )
     if exp.tracking.log_model:
         example = datamodule.dataset("val")[0][0].unsqueeze(0)
         result.model_uri = log_classifier(model, run_id, example)
@@ -127,7 +131,7 @@ def fit(exp: Experiment, *, resume_run_id: str | None = None, data_dir: str | No
 
 
 def _open_run(exp: Experiment, uri: str, tags: dict[str, str], resume_run_id: str | None) -> str:
-    if not rank_zero_only.rank == 0:  # a DDP worker re-launched by Lightning: join the parent's run
+    if rank_zero_only.rank != 0:  # a DDP worker re-launched by Lightning: join the parent's run
         return os.environ[RUN_ID_ENV]
     if resume_run_id:
         runs.reopen_run(uri, resume_run_id)
@@ -174,7 +178,9 @@ def _evaluate_and_log(client: Any, run_id: str, model: Any, datamodule: ImageDat
 
 def _per_class_csv(report: dict[str, Any]) -> str:
     rows = ["class,precision,recall,f1,support"]
-    rows += [f"{r['class']},{r['precision']:.6f},{r['recall']:.6f},{r['f1']:.6f},{r['support']}" for r in report["per_class"]]
+    rows += [
+        f"{r['class']},{r['precision']:.6f},{r['recall']:.6f},{r['f1']:.6f},{r['support']}" for r in report["per_class"]
+    ]
     return "\n".join(rows) + "\n"
 
 

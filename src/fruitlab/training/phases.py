@@ -23,7 +23,12 @@ from torch import nn
 from fruitlab.config import OptimizerConfig, PhaseConfig, ScheduleConfig
 from fruitlab.models.parts import batchnorm_modules, select_trainable
 
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD, "rmsprop": torch.optim.RMSprop}
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+}
 
 
 @dataclass
@@ -58,10 +63,12 @@ class PhasePlan:
         for p in head.parameters():
             p.requires_grad_(True)
         self.frozen_bn = []
-        if self.phase.bn == "frozen":
-            for _, bn in batchnorm_modules(backbone):
-                if not any(p.requires_grad for p in bn.parameters(recurse=False)):
-                    self.frozen_bn.append(bn)
+        for _, bn in batchnorm_modules(backbone):
+            frozen = not any(p.requires_grad for p in bn.parameters(recurse=False))
+            if frozen and self.phase.bn == "frozen":
+                self.frozen_bn.append(bn)
+            else:
+                bn.train(model.training)  # may have been held in eval mode by the previous phase
         self.enforce_bn_modes()
         return {
             "backbone_trainable": sum(backbone.get_parameter(n).numel() for n in trainable),

@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (each installs first).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# Dataset archives are taken from a local mirror when one exists (CI and offline machines), else downloaded.
+export FRUITLAB_DATA_MIRROR ?= $(wildcard $(abspath ../shared/datasets))
+
+.PHONY: install demo test test-fast lint format ui
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+demo: install
+	$(BIN)/fruitlab data fetch fruits_fresh_rotten
+	$(BIN)/fruitlab fit --experiment quickstart
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not slow"
+
+format: install
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+ui: install
+	$(BIN)/fruitlab ui

@@ -1,0 +1,54 @@
+"""Shared fixtures: small sets of real photos, a temp MLflow store, the dataset mirror."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_photo_crops(n_per_class: int = 6, size: int = 48, seed: int = 0) -> SimpleNamespace:
+    """Two classes of real photos (scikit-image's cat and coffee), random crops: enough to train on for a test."""
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    sources = {"cat": data.chelsea(), "coffee": data.coffee()}
+    splits = {}
+    for split in ("train", "val"):
+        items, labels = [], []
+        for label, image in enumerate(sources.values()):
+            h, w = image.shape[:2]
+            for _ in range(n_per_class):
+                y, x = rng.integers(0, h - 160), rng.integers(0, w - 160)
+                items.append(np.ascontiguousarray(image[y : y + 160, x : x + 160]))
+                labels.append(label)
+        splits[split] = SimpleNamespace(items=items, labels=labels)
+    return SimpleNamespace(name="photos", classes=list(sources), splits=splits, fingerprint="test", root="", skipped=[])
+
+
+@pytest.fixture
+def photo_splits() -> SimpleNamespace:
+    return real_photo_crops()
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """A real MLflow store (SQLite + artifacts) in a temp dir; the test runs from that dir."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    """The local dataset mirror CI points FRUITLAB_DATA_MIRROR at (../shared/datasets)."""
+    path = os.environ.get("FRUITLAB_DATA_MIRROR") or str(REPO.parent / "shared" / "datasets")
+    if not Path(path, "fruits-fresh-rotten.tar.gz").exists():
+        pytest.fail(f"dataset mirror not found at {path}: set FRUITLAB_DATA_MIRROR (see README)")
+    return Path(path)
