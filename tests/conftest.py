@@ -52,3 +52,36 @@ def mirror() -> Path:
     if not Path(path, "fruits-fresh-rotten.tar.gz").exists():
         pytest.fail(f"dataset mirror not found at {path}: set FRUITLAB_DATA_MIRROR (see README)")
     return Path(path)
+
+
+@pytest.fixture(scope="session")
+def fruit_data_dir(tmp_path_factory, mirror) -> Path:
+    """The real fruit photos, fetched once per session through fruitlab's own fetch code from the mirror."""
+    from fruitlab.data.fetch import fetch
+
+    data_dir = tmp_path_factory.mktemp("datasets")
+    fetch("fruits_fresh_rotten", data_dir=str(data_dir), mirror=str(mirror))
+    return data_dir
+
+
+def write_experiment(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+SMOKE_EXPERIMENT = """
+description: smoke - a tiny timm model on a few dozen real fruit photos
+data:
+  dataset: fruits_fresh_rotten
+  max_per_class: 6
+  batch_size: 8
+  num_workers: 0
+  augment: {hflip: 0.5}
+preprocess: {input_size: 64}
+model: {backbone: test_efficientnet, pretrained: false}
+finetune:
+  phases:
+    - {name: head, epochs: 1, train: none, optimizer: {lr: 3.0e-3}}
+    - {name: top, epochs: 1, train: {last_stages: 2}, optimizer: {name: sgd, lr: 1.0e-2, backbone_lr: 1.0e-3}}
+trainer: {enable_progress_bar: false}
+"""

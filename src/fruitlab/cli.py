@@ -82,11 +82,12 @@ def experiments() -> None:
 def check(experiment: ExperimentOpt, set_: SetOpt = None) -> None:
     """Validate an experiment file and its names (dataset, backbone) without training."""
     from fruitlab.config import load_experiment
-    from fruitlab.data.registry import check_dataset_name
+    from fruitlab.data.registry import get_source, resolve_split
 
     exp = load_experiment(experiment, set_)
-    check_dataset_name(exp.data.dataset, exp.where("data.dataset"))
-    from fruitlab.models.backbone import check_backbone_name
+    source = get_source(exp.data.dataset, exp.where("data.dataset"))
+    resolve_split(source, exp.data.split, exp.where("data.dataset"))
+    from fruitlab.models.names import check_backbone_name
 
     check_backbone_name(exp.model.backbone, exp.where("model.backbone"))
     phases = ", ".join(f"{p.name or i}:{p.epochs}ep" for i, p in enumerate(exp.finetune.phases))

@@ -7,8 +7,9 @@ from PIL import Image
 
 from fruitlab.config import HeadConfig, ModelConfig, PreprocessConfig
 from fruitlab.errors import ModelError
-from fruitlab.models.backbone import build_backbone, check_backbone_name, load_weights_file, resolve_preprocess
+from fruitlab.models.backbone import build_backbone, load_weights_file, resolve_preprocess
 from fruitlab.models.classifier import build_classifier
+from fruitlab.models.names import check_backbone_name
 
 
 def _imagenet_input(image: np.ndarray, pre) -> torch.Tensor:

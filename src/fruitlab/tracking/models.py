@@ -53,6 +53,9 @@ def log_classifier(model: nn.Module, run_id: str, example: torch.Tensor, name: s
                 input_example=example.numpy(),
                 extra_files=extra,
                 pip_requirements=pip_requirements(),
+                # MLflow 3's default is pt2 (torch.export): it specialises on the example's batch size and
+                # drops the module's attributes (classes, preprocess). Pickle keeps the plain module as is.
+                serialization_format="pickle",
             )
     return info.model_uri
 

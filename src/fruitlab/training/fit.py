@@ -20,8 +20,8 @@ from fruitlab.data.datamodule import ImageDataModule
 from fruitlab.data.registry import load_dataset
 from fruitlab.errors import TrackingError
 from fruitlab.evaluation.report import classification_report, confusion_figure, format_report, predict_batches
-from fruitlab.models.backbone import check_backbone_name
 from fruitlab.models.classifier import build_classifier
+from fruitlab.models.names import check_backbone_name
 from fruitlab.tracking import runs
 from fruitlab.tracking.models import log_classifier
 from fruitlab.training.module import TASK, ClassifierModule

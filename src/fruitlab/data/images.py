@@ -1,0 +1,207 @@
+"""Reading image files by content, and finding the ones that cannot be read.
+
+File names lie (the fruit photos are JPEG files named .png), so the format always comes from the bytes: PIL sniffs
+it. `scan_images` fully decodes every file once, because a truncated JPEG opens fine and only fails when its
+pixels are read - in the middle of an epoch, if nobody checked. Results are cached per file (size, mtime), so a
+second scan of the same files costs a stat each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import PIL
+from PIL import Image, ImageOps
+
+from fruitlab.errors import DataError
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+SCAN_WORKERS = 2  # PIL releases the GIL while decoding, so threads scale; the target machines have 2 cores
+SHOWN_BAD = 5  # files named in the one warning about unreadable files
+
+# What an extension promises; used only to count files whose content disagrees with their name.
+EXTENSION_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".bmp": "BMP",
+    ".gif": "GIF",
+    ".webp": "WEBP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+
+
+class UnreadableFilesWarning(UserWarning):
+    """Some image files could not be decoded and were left out of the dataset."""
+
+
+@dataclass
+class ScanResult:
+    """Readable files in input order, unreadable ones with a reason, and the format PIL found in each good file."""
+
+    good: list[str]
+    bad: list[tuple[str, str]]
+    formats: dict[str, str] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[Any]:
+        # So callers that only need the two lists can write `good, bad = scan_images(paths)`.
+        return iter((self.good, self.bad))
+
+    def mismatched(self) -> list[str]:
+        """Good files whose extension names another format than their content (e.g. JPEG bytes in a .png)."""
+        out = []
+        for path in self.good:
+            expected = EXTENSION_FORMATS.get(os.path.splitext(path)[1].lower())
+            if expected and self.formats.get(path) not in (expected, None):
+                out.append(path)
+        return out
+
+
+def open_rgb(path: str | os.PathLike[str] | IO[bytes]) -> Image.Image:
+    """Decode an image by its content (never its extension), apply its EXIF rotation, and return it as RGB."""
+    try:
+        with Image.open(path) as img:
+            if img.mode == "P" and "transparency" in img.info:
+                img = img.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
+            rgb = img.convert("RGB")
+        # Phone photos store "rotate me" in EXIF; without this they would train (and be served) sideways.
+        ImageOps.exif_transpose(rgb, in_place=True)
+    except Exception as exc:  # decoding untrusted bytes fails in many ways (OSError, SyntaxError, struct.error...)
+        raise DataError(f"cannot read image {_name(path)}: {_reason(exc)}; replace or delete the file") from None
+    return rgb
+
+
+def scan_images(
+    paths: Iterable[str | os.PathLike[str]], cache: Path | None = None, workers: int = SCAN_WORKERS
+) -> ScanResult:
+    """Fully decode every file (threads), reusing cached verdicts for files whose size and mtime are unchanged.
+
+    `cache` is a JSON file (see `scan_cache_path`); None scans without a cache.
+    """
+    files = [os.fspath(p) for p in paths]
+    stats = {p: _stat(p) for p in files}
+    known = _read_cache(cache)
+    verdicts: dict[str, tuple[str | None, str | None]] = {}
+    todo = []
+    for path in files:
+        entry = known.get(path)
+        if stats[path] is None:
+            verdicts[path] = (None, "cannot read: the file does not exist or is not accessible")
+        elif entry is not None and entry[:2] == list(stats[path]):
+            verdicts[path] = (entry[2], entry[3])
+        else:
+            todo.append(path)
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            verdicts.update(zip(todo, pool.map(_check, todo), strict=True))
+        _write_cache(cache, {p: [*stats[p], *verdicts[p]] for p in files if stats[p] is not None})
+    log.debug("scanned %d files (%d decoded, %d from cache)", len(files), len(todo), len(files) - len(todo))
+    return _result(files, verdicts)
+
+
+def scan_cache_path(root: str | os.PathLike[str], data_dir: Path) -> Path:
+    """`<data_dir>/.scan-cache/<sha1 of the resolved root>.json`: one cache per dataset folder."""
+    key = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()
+    return data_dir / ".scan-cache" / f"{key}.json"
+
+
+def warn_bad_files(bad: list[tuple[str, str]], context: str = "") -> None:
+    """One warning for all unreadable files: how many, and up to five of them with the reason."""
+    if not bad:
+        return
+    shown = "; ".join(f"{path} ({reason})" for path, reason in bad[:SHOWN_BAD])
+    more = f"; and {len(bad) - SHOWN_BAD} more" if len(bad) > SHOWN_BAD else ""
+    where = f" in {context}" if context else ""
+    warnings.warn(
+        f"skipped {len(bad)} unreadable image file(s){where}: {shown}{more}. "
+        "Replace or delete them to silence this warning.",
+        UnreadableFilesWarning,
+        stacklevel=3,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ internals
+def _check(path: str) -> tuple[str | None, str | None]:
+    """(format, None) for a file that decodes completely, else (None, reason)."""
+    try:
+        if os.path.getsize(path) == 0:
+            return None, "empty file (0 bytes)"
+        with Image.open(path) as img:
+            fmt = img.format
+            img.load()  # the full decode: a truncated JPEG only fails here
+        return fmt, None
+    except Exception as exc:  # any failure to decode means the file is unusable; the reason says which
+        return None, _reason(exc)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not an image PIL can read (unrecognised content)"
+    if isinstance(exc, FileNotFoundError):
+        return "the file does not exist"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _name(path: object) -> str:
+    return os.fspath(path) if isinstance(path, str | os.PathLike) else getattr(path, "name", "<stream>")
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _result(files: list[str], verdicts: dict[str, tuple[str | None, str | None]]) -> ScanResult:
+    result = ScanResult(good=[], bad=[])
+    for path in files:
+        fmt, reason = verdicts[path]
+        if reason is None:
+            result.good.append(path)
+            result.formats[path] = fmt or "?"
+        else:
+            result.bad.append((path, reason))
+    return result
+
+
+def _read_cache(cache: Path | None) -> dict[str, list[Any]]:
+    if cache is None or not cache.is_file():
+        return {}
+    try:
+        data = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return {}  # a damaged cache only costs a rescan
+    # A new Pillow may read files the old one could not (or the reverse): start over.
+    if data.get("version") != CACHE_VERSION or data.get("pillow") != PIL.__version__:
+        return {}
+    files = data.get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def _write_cache(cache: Path | None, files: dict[str, list[Any]]) -> None:
+    if cache is None:
+        return
+    payload = {"version": CACHE_VERSION, "pillow": PIL.__version__, "files": files}
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(payload))
+        os.replace(tmp, cache)  # atomic: a concurrent reader sees the old or the new cache, never half of one
+    except OSError as exc:
+        # A read-only data dir only loses the speed-up, not the scan.
+        log.debug("could not write the scan cache %s: %s", cache, exc)
+        tmp.unlink(missing_ok=True)

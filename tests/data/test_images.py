@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fruitlab.data.images import UnreadableFilesWarning, open_rgb, scan_cache_path, scan_images, warn_bad_files
+from fruitlab.errors import DataError
+
+from .helpers import write_image, write_text, write_truncated_jpeg
+
+
+def test_open_rgb_decodes_by_content_not_extension(tmp_path: Path) -> None:
+    jpeg_as_png = write_image(tmp_path / "photo.png", fmt="JPEG", size=(20, 10))
+    gray_png_as_jpg = tmp_path / "gray.jpg"
+    Image.new("L", (8, 6), 128).save(gray_png_as_jpg, format="PNG")
+
+    img = open_rgb(jpeg_as_png)
+    assert (img.mode, img.size) == ("RGB", (20, 10))
+    gray = open_rgb(gray_png_as_jpg)
+    assert (gray.mode, gray.size, gray.getpixel((0, 0))) == ("RGB", (8, 6), (128, 128, 128))
+
+    scan = scan_images([jpeg_as_png, gray_png_as_jpg])
+    assert scan.formats == {str(jpeg_as_png): "JPEG", str(gray_png_as_jpg): "PNG"}
+    assert scan.mismatched() == [str(jpeg_as_png), str(gray_png_as_jpg)]
+
+
+def test_open_rgb_applies_exif_orientation(tmp_path: Path) -> None:
+    path = tmp_path / "phone.jpg"
+    img = Image.new("RGB", (40, 20), "red")
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    img.save(path, format="JPEG", exif=exif.tobytes())
+    assert open_rgb(path).size == (20, 40)
+
+
+def test_open_rgb_names_the_unreadable_file(tmp_path: Path) -> None:
+    fake = write_text(tmp_path / "notes.jpg")
+    with pytest.raises(DataError, match=r"notes\.jpg.*not an image"):
+        open_rgb(fake)
+
+
+def test_scan_sorts_out_truncated_text_and_empty_files(tmp_path: Path) -> None:
+    good = write_image(tmp_path / "good.png", fmt="JPEG")
+    truncated = write_truncated_jpeg(tmp_path / "cut.jpg")
+    text = write_text(tmp_path / "readme.jpg")
+    empty = tmp_path / "empty.jpg"
+    empty.touch()
+    missing = tmp_path / "gone.jpg"
+
+    good_paths, bad = scan_images([good, truncated, text, empty, missing])
+
+    assert good_paths == [str(good)]
+    reasons = dict(bad)
+    assert list(reasons) == [str(truncated), str(text), str(empty), str(missing)]
+    assert "truncated" in reasons[str(truncated)]
+    assert "not an image" in reasons[str(text)]
+    assert "0 bytes" in reasons[str(empty)]
+    assert "does not exist" in reasons[str(missing)]
+
+
+def test_scan_cache_reuses_verdicts_while_size_and_mtime_are_unchanged(tmp_path: Path) -> None:
+    files = [write_image(tmp_path / "imgs" / f"{i}.jpg", seed=i) for i in range(3)]
+    cache = scan_cache_path(tmp_path / "imgs", tmp_path / "data")
+    assert cache.parent == tmp_path / "data" / ".scan-cache"
+
+    assert scan_images(files, cache=cache).bad == []
+    assert cache.is_file()
+
+    # Same size and mtime but garbage inside: only a cache hit can still call it good.
+    victim = files[0]
+    stat = victim.stat()
+    victim.write_bytes(b"x" * stat.st_size)
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert scan_images(files, cache=cache).bad == []
+
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # touched: decoded again
+    good, bad = scan_images(files, cache=cache)
+    assert [p for p, _ in bad] == [str(victim)]
+    assert good == [str(f) for f in files[1:]]
+
+
+def test_scan_survives_a_damaged_cache_file(tmp_path: Path) -> None:
+    image = write_image(tmp_path / "a.jpg")
+    cache = tmp_path / "cache.json"
+    cache.write_text("{not json")
+    assert scan_images([image], cache=cache).good == [str(image)]
+
+
+def test_warn_bad_files_is_one_warning_naming_at_most_five(tmp_path: Path) -> None:
+    bad = [(str(tmp_path / f"bad{i}.jpg"), "not an image") for i in range(7)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_bad_files(bad, context="somewhere")
+        warn_bad_files([])
+    assert len(caught) == 1
+    assert caught[0].category is UnreadableFilesWarning
+    message = str(caught[0].message)
+    assert "skipped 7 unreadable" in message and "somewhere" in message
+    assert sum(f"bad{i}.jpg" in message for i in range(7)) == 5
+    assert "and 2 more" in message
