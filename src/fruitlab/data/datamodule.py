@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import lightning as L
@@ -43,6 +44,21 @@ class ImageDataset(Dataset):
         return self.transform(image), self.labels[index]
 
 
+def resolve_workers(setting: int | str) -> int:
+    """'auto': one process per core beyond the one that trains (so 1 on a 2-core machine), at most 8."""
+    if setting != "auto":
+        return int(setting)
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def _one_thread_per_worker(worker_id: int) -> None:
+    # Each worker already is a parallel unit; OpenCV's own thread pool inside it only fights the training
+    # threads for the same cores (torch already sets 1 thread in workers).
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 class ImageDataModule(L.LightningDataModule):
     """Loaders for the splits; the train split alone is augmented."""
 
@@ -58,7 +74,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         cfg = self.cfg
-        workers = cfg.num_workers
+        workers = resolve_workers(cfg.num_workers)
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(
             self.dataset(split, augment=train),
@@ -69,6 +85,7 @@ class ImageDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
             generator=generator if train else None,
+            worker_init_fn=_one_thread_per_worker if workers else None,
         )
 
     def has_split(self, split: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -45,18 +46,25 @@ def log_classifier(model: nn.Module, run_id: str, example: torch.Tensor, name: s
             path = Path(tmp) / filename
             path.write_text(json.dumps(data, indent=2))
             extra.append(str(path))
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
-                model,
-                name=name,
-                signature=signature,
-                input_example=example.numpy(),
-                extra_files=extra,
-                pip_requirements=pip_requirements(),
-                # MLflow 3's default is pt2 (torch.export): it specialises on the example's batch size and
-                # drops the module's attributes (classes, preprocess). Pickle keeps the plain module as is.
-                serialization_format="pickle",
-            )
+        # MLflow logs a warning about pickle on every save; the choice is deliberate (see below).
+        pickle_warning = logging.getLogger("mlflow.pytorch")
+        level = pickle_warning.level
+        pickle_warning.setLevel(logging.ERROR)
+        try:
+            with mlflow.start_run(run_id=run_id):
+                info = mlflow.pytorch.log_model(
+                    model,
+                    name=name,
+                    signature=signature,
+                    input_example=example.numpy(),
+                    extra_files=extra,
+                    pip_requirements=pip_requirements(),
+                    # MLflow 3's default is pt2 (torch.export): it specialises on the example's batch size and
+                    # drops the module's attributes (classes, preprocess). Pickle keeps the plain module as is.
+                    serialization_format="pickle",
+                )
+        finally:
+            pickle_warning.setLevel(level)
     return info.model_uri
 
 

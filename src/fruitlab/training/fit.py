@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,15 @@ class FitResult:
 
 
 def fit(exp: Experiment, *, resume_run_id: str | None = None, data_dir: str | None = None) -> FitResult:
+    with warnings.catch_warnings():
+        # Frozen BatchNorm layers are in eval mode on purpose (see phases.py); Lightning warns about any.
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=DeprecationWarning)
+        return _fit(exp, resume_run_id=resume_run_id, data_dir=data_dir)
+
+
+def _fit(exp: Experiment, *, resume_run_id: str | None, data_dir: str | None) -> FitResult:
     started = time.perf_counter()
     # 1. Names first: a typo fails in a second, before any download or weight load.
     check_backbone_name(exp.model.backbone, exp.where("model.backbone"))
@@ -55,7 +65,7 @@ def fit(exp: Experiment, *, resume_run_id: str | None = None, data_dir: str | No
     # 3. Model, phase plan, LightningModule.
     model, weights = build_classifier(exp.model, exp.preprocess, splits.classes, exp.where("model.backbone"))
     plan = PhasePlan(exp.finetune.phases)
-    module = ClassifierModule(model, plan)
+    module = ClassifierModule(model, plan, channels_last=exp.performance.channels_last)
     datamodule = ImageDataModule(splits, exp.data, model.preprocess, seed=exp.seed)
 
     # 4. Tracking: one run per fit (the same run again on --resume).

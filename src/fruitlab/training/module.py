@@ -30,15 +30,18 @@ def stage_metrics(num_classes: int) -> MetricCollection:
 
 
 class ClassifierModule(L.LightningModule):
-    def __init__(self, model: nn.Module, plan: PhasePlan):
+    def __init__(self, model: nn.Module, plan: PhasePlan, channels_last: bool = False):
         super().__init__()
-        self.model = model
+        self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.plan = plan
+        self.channels_last = channels_last
         num_classes = len(model.classes)
         # ModuleDict keys cannot be 'train' (an nn.Module method), hence the suffix.
         self.metrics = nn.ModuleDict({f"{s}_metrics": stage_metrics(num_classes) for s in STAGES})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
     # --- phases -------------------------------------------------------------------------------------------
