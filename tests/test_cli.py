@@ -115,3 +115,53 @@ def test_data_fetch_from_mirror(tmp_path, mirror):
     assert "ready at" in result.stdout
     again = run("data", "fetch", "fruits_fresh_rotten", "--data-dir", str(tmp_path), "--mirror", str(mirror))
     assert again.returncode == 0 and "ready at" in again.stdout
+
+
+@pytest.mark.smoke
+def test_interrupted_fit_resumes_in_the_same_run(tmp_path, fruit_data_dir):
+    """Ctrl+C in the middle of a fit, then `fit --resume RUN_ID`: the same MLflow run finishes every epoch."""
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    exp = write_experiment(
+        tmp_path / "resume.yaml",
+        SMOKE_EXPERIMENT.replace("epochs: 1, train: none", "epochs: 2, train: none").replace(
+            "epochs: 1, train: {last_stages: 2}", "epochs: 2, train: {last_stages: 2}"
+        ),
+    )
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "FRUITLAB_DATA_DIR": str(fruit_data_dir),
+    }
+    proc = subprocess.Popen(
+        [FRUITLAB, "fit", "-e", str(exp)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while not list(tmp_path.glob("checkpoints/*/last.ckpt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the fit ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    run_id = next(tmp_path.glob("checkpoints/*")).name
+    assert f"fruitlab fit --resume {run_id}" in err
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    assert client.get_run(run_id).info.status == "KILLED"
+    resumed = run("fit", "--resume", run_id, cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"run {run_id}" in resumed.stdout
+    run_info = client.get_run(run_id)
+    assert run_info.info.status == "FINISHED"
+    assert len(client.search_runs([run_info.info.experiment_id])) == 1  # no second run
+    epochs = sorted({int(m.value) for m in client.get_metric_history(run_id, "epoch")})
+    assert epochs == [0, 1, 2, 3]
+    assert [m.value for m in client.get_metric_history(run_id, "phase")][-1] == 1.0

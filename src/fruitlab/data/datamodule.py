@@ -6,30 +6,12 @@ import os
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from fruitlab.config import DataConfig
+from fruitlab.data.images import load_rgb_array
 from fruitlab.data.transforms import Transform, build_transform, eval_resize
-
-
-def load_rgb_array(item: str | np.ndarray, min_side: int | None = None) -> np.ndarray:
-    """HxWx3 uint8 from a file (decoded by content, whatever its extension) or an in-memory array.
-
-    For JPEGs, `draft` lets libjpeg decode at a reduced scale that still covers `min_side`: large photos
-    then decode several times faster, and the resize that follows sees the same detail it would keep anyway.
-    """
-    if isinstance(item, np.ndarray):
-        return item
-    with Image.open(item) as img:
-        if min_side and img.format == "JPEG":
-            w, h = img.size
-            scale = min_side / min(w, h)
-            if scale < 1:
-                img.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
-        return np.asarray(img.convert("RGB"))
 
 
 class ImageDataset(Dataset):

@@ -111,6 +111,11 @@ def _fit(exp: Experiment, *, resume_run_id: str | None, data_dir: str | None) ->
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         status = "KILLED" if trainer.interrupted else "FINISHED"
+    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl+C into a graceful shutdown + sys.exit(1)
+        status = "KILLED"
+        if trainer.global_rank == 0:
+            log.warning("interrupted; continue this run with: fruitlab fit --resume %s", run_id)
+        raise
     finally:
         if trainer.global_rank == 0 and status != "FINISHED":
             runs.finish_run(runs.client_for(uri), run_id, status)
