@@ -32,7 +32,7 @@ def test_unknown_split_scheme_lists_the_allowed_ones(data_dir: Path) -> None:
         load_dataset(cfg, seed=0, data_dir=data_dir, where=WHERE)
     message = str(err.value)
     assert "(experiments/x.yaml: data.split)" in message and "did you mean 'dli'" in message
-    assert "allowed: dli, folder. Set data.split to one of them, or to null for the default (dli)" in message
+    assert "allowed: dli, folder, grouped. Set data.split to one of them, or to null for the default (dli)" in message
 
 
 def test_names_are_checked_before_any_file_is_touched(tmp_path: Path) -> None:

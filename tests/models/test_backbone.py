@@ -88,3 +88,29 @@ def test_classifier_head_shapes(pool):
     out = model.eval()(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 3)
     assert model.classes == ["a", "b", "c"] and model.preprocess["input_size"] == 160
+
+
+def test_scratch_cnn_is_a_timm_model_with_stages_for_phases():
+    from fruitlab.models.parts import backbone_groups
+
+    cfg = ModelConfig(backbone="fruitlab_cnn", pretrained=False, kwargs={"drop_rate": 0.3})
+    model, weights = build_classifier(cfg, PreprocessConfig(input_size=64), ["a", "b", "c"])
+    assert weights == "random init"
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+    assert len(backbone_groups(model.backbone, coarse=True)) == 4  # one stage per conv block
+    assert model.preprocess["mean"] == (0.5, 0.5, 0.5)
+
+
+def test_scratch_cnn_refuses_pretrained_and_bad_kwargs():
+    with pytest.raises(ModelError, match="do not fit 'fruitlab_cnn'"):
+        build_classifier(
+            ModelConfig(backbone="fruitlab_cnn", pretrained=False, kwargs={"dropout_rat": 0.1}),
+            PreprocessConfig(),
+            ["a", "b"],
+        )
+
+
+def test_pretrained_tags_are_checked_by_their_architecture_name():
+    check_backbone_name("resnet50.tv_in1k")
+    with pytest.raises(ModelError, match="did you mean 'resnet50'"):
+        check_backbone_name("resnt50.tv_in1k")

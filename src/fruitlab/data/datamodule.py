@@ -7,22 +7,35 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from fruitlab.config import DataConfig
+from fruitlab.data.balance import sample_weights
 from fruitlab.data.images import load_rgb_array
 from fruitlab.data.transforms import Transform, build_transform, eval_resize
 
 
 class ImageDataset(Dataset):
-    def __init__(self, items: list[Any], labels: list[int], transform: Transform, min_side: int | None = None):
+    """(image tensor, label) pairs; the label is a class index, or {task: index} for multi-task data."""
+
+    def __init__(
+        self,
+        items: list[Any],
+        labels: list[int],
+        transform: Transform,
+        min_side: int | None = None,
+        targets: dict[str, list[int]] | None = None,
+    ):
         self.items, self.labels, self.transform, self.min_side = items, labels, transform, min_side
+        self.targets = targets
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, Any]:
         image = load_rgb_array(self.items[index], self.min_side)
+        if self.targets:
+            return self.transform(image), {task: labels[index] for task, labels in self.targets.items()}
         return self.transform(image), self.labels[index]
 
 
@@ -52,16 +65,19 @@ class ImageDataModule(L.LightningDataModule):
     def dataset(self, split: str, augment: bool = False) -> ImageDataset:
         part = self.splits.splits[split]
         transform = build_transform(self.preprocess, self.cfg.augment if augment else None, self.cfg.augment_backend)
-        return ImageDataset(part.items, part.labels, transform, min_side=eval_resize(self.preprocess))
+        targets = part.targets if getattr(self.splits, "multitask", False) else None
+        return ImageDataset(part.items, part.labels, transform, min_side=eval_resize(self.preprocess), targets=targets)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         cfg = self.cfg
         workers = resolve_workers(cfg.num_workers)
         generator = torch.Generator().manual_seed(self.seed)
+        sampler = self.balanced_sampler(split, generator) if train and cfg.balance == "sampler" else None
         return DataLoader(
             self.dataset(split, augment=train),
             batch_size=cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size),
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             drop_last=False,
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -69,6 +85,12 @@ class ImageDataModule(L.LightningDataModule):
             generator=generator if train else None,
             worker_init_fn=_one_thread_per_worker if workers else None,
         )
+
+    def balanced_sampler(self, split: str, generator: torch.Generator) -> WeightedRandomSampler:
+        """data.balance: sampler - each class drawn equally often (with replacement); an epoch is len(split) draws."""
+        labels = self.splits.splits[split].labels
+        weights = sample_weights(labels)
+        return WeightedRandomSampler(weights, num_samples=len(labels), replacement=True, generator=generator)
 
     def has_split(self, split: str) -> bool:
         return split in self.splits.splits

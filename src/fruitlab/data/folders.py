@@ -25,11 +25,22 @@ def visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def list_class_folders(split_dir: Path, split: str) -> Grouped:
-    """{class: sorted file paths} for `split_dir/<class>/...`; DataError for no classes or an empty class."""
+def class_dirs(split_dir: Path, depth: int = 1) -> list[Path]:
+    """Class folders `depth` levels below `split_dir` (depth 2: `apple/fresh`), sorted."""
+    level = [split_dir]
+    for _ in range(depth):
+        level = [child for folder in level for child in visible_dirs(folder)]
+    return level
+
+
+def list_class_folders(split_dir: Path, split: str, depth: int = 1) -> Grouped:
+    """{class: sorted file paths} for `split_dir/<class>/...`; DataError for no classes or an empty class.
+
+    With `depth` > 1 (nested labels, one folder level per task) the class is the relative path `apple/fresh`.
+    """
     if not split_dir.is_dir():
         raise DataError(f"split {split!r}: folder {split_dir} does not exist")
-    classes = visible_dirs(split_dir)
+    classes = class_dirs(split_dir, depth)
     if not classes:
         raise DataError(
             f"split {split!r}: {split_dir} has no class folders; expected {split_dir}/<class name>/<image files>"
@@ -42,15 +53,15 @@ def list_class_folders(split_dir: Path, split: str) -> Grouped:
                 f"class {class_dir.name!r} in split {split!r} is empty: {class_dir} has no files; "
                 "add images or delete the folder"
             )
-        grouped[class_dir.name] = files
+        grouped[class_dir.relative_to(split_dir).as_posix()] = files
     return grouped
 
 
 def read_split_folders(
-    folders: Mapping[str, Path], root: Path, data_dir: Path
+    folders: Mapping[str, Path], root: Path, data_dir: Path, depth: int = 1
 ) -> tuple[dict[str, Grouped], list[tuple[str, str]]]:
     """List every split's class folders and keep the files that decode; ({split: {class: paths}}, skipped)."""
-    splits = {split: list_class_folders(folder, split) for split, folder in folders.items()}
+    splits = {split: list_class_folders(folder, split, depth) for split, folder in folders.items()}
     every = [p for grouped in splits.values() for paths in grouped.values() for p in paths]
     scan = scan_images(every, cache=scan_cache_path(root, data_dir))
     mismatched = scan.mismatched()

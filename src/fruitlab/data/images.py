@@ -2,13 +2,15 @@
 
 File names lie (the fruit photos are JPEG files named .png), so the format always comes from the bytes: PIL sniffs
 it. `scan_images` fully decodes every file once, because a truncated JPEG opens fine and only fails when its
-pixels are read - in the middle of an epoch, if nobody checked. Results are cached per file (size, mtime), so a
-second scan of the same files costs a stat each.
+pixels are read - in the middle of an epoch, if nobody checked. The same read gives each file's content digest
+(sha1 of its bytes), which finds exact duplicates. Results are cached per file (size, mtime), so a second scan of
+the same files costs a stat each.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -26,7 +28,7 @@ from fruitlab.errors import DataError
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries carry the content digest
 SCAN_WORKERS = 2  # PIL releases the GIL while decoding, so threads scale; the target machines have 2 cores
 SHOWN_BAD = 5  # files named in the one warning about unreadable files
 
@@ -54,6 +56,7 @@ class ScanResult:
     good: list[str]
     bad: list[tuple[str, str]]
     formats: dict[str, str] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # good file -> sha1 of its bytes (exact duplicates)
 
     def __iter__(self) -> Iterator[Any]:
         # So callers that only need the two lists can write `good, bad = scan_images(paths)`.
@@ -111,14 +114,14 @@ def scan_images(
     files = [os.fspath(p) for p in paths]
     stats = {p: _stat(p) for p in files}
     known = _read_cache(cache)
-    verdicts: dict[str, tuple[str | None, str | None]] = {}
+    verdicts: dict[str, Verdict] = {}
     todo = []
     for path in files:
         entry = known.get(path)
         if stats[path] is None:
-            verdicts[path] = (None, "cannot read: the file does not exist or is not accessible")
+            verdicts[path] = (None, "cannot read: the file does not exist or is not accessible", None)
         elif entry is not None and entry[:2] == list(stats[path]):
-            verdicts[path] = (entry[2], entry[3])
+            verdicts[path] = (entry[2], entry[3], entry[4])
         else:
             todo.append(path)
     if todo:
@@ -151,17 +154,22 @@ def warn_bad_files(bad: list[tuple[str, str]], context: str = "") -> None:
 
 
 # ------------------------------------------------------------------------------------------------ internals
-def _check(path: str) -> tuple[str | None, str | None]:
-    """(format, None) for a file that decodes completely, else (None, reason)."""
+Verdict = tuple[str | None, str | None, str | None]  # (format, reason it is unreadable, sha1 of the bytes)
+
+
+def _check(path: str) -> Verdict:
+    """(format, None, sha1) for a file that decodes completely, else (None, reason, None)."""
     try:
-        if os.path.getsize(path) == 0:
-            return None, "empty file (0 bytes)"
-        with Image.open(path) as img:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        if not data:
+            return None, "empty file (0 bytes)", None
+        with Image.open(io.BytesIO(data)) as img:
             fmt = img.format
             img.load()  # the full decode: a truncated JPEG only fails here
-        return fmt, None
+        return fmt, None, hashlib.sha1(data).hexdigest()
     except Exception as exc:  # any failure to decode means the file is unusable; the reason says which
-        return None, _reason(exc)
+        return None, _reason(exc), None
 
 
 def _reason(exc: Exception) -> str:
@@ -184,13 +192,14 @@ def _stat(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
-def _result(files: list[str], verdicts: dict[str, tuple[str | None, str | None]]) -> ScanResult:
+def _result(files: list[str], verdicts: dict[str, Verdict]) -> ScanResult:
     result = ScanResult(good=[], bad=[])
     for path in files:
-        fmt, reason = verdicts[path]
+        fmt, reason, digest = verdicts[path]
         if reason is None:
             result.good.append(path)
             result.formats[path] = fmt or "?"
+            result.digests[path] = digest or ""
         else:
             result.bad.append((path, reason))
     return result

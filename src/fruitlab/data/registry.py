@@ -15,20 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from fruitlab.config import DataConfig
+from fruitlab.data.balance import class_weights
+from fruitlab.data.checks import quick_check
 from fruitlab.data.fetch import resolve_data_dir, resolve_mirror
 from fruitlab.data.images import warn_bad_files
+from fruitlab.data.labels import SINGLE_TASK, derive_task_labels
 from fruitlab.data.splitting import Grouped, cap_per_class, check_classes, fingerprint, stratified_split
 from fruitlab.errors import DataError, did_you_mean
 
 log = logging.getLogger(__name__)
 
 SPLIT_ORDER = ("train", "val", "test")
+GROUPED = "grouped"  # a split scheme of every dataset: no group of copies across splits (data/grouping.py)
 
 
 @dataclass
 class Split:
     items: list[Any]  # file paths (str) or HxWx3 uint8 numpy arrays (CIFAR pickles)
-    labels: list[int]
+    labels: list[int]  # class index per item
+    targets: dict[str, list[int]] = field(default_factory=dict)  # task -> label per item (see data/labels.py)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -43,6 +48,11 @@ class DatasetSplits:
     root: str
     skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable files left out, with reasons
     scheme: str = ""  # the split scheme used (the dataset's default when data.split is None)
+    tasks: dict[str, list[str]] = field(default_factory=dict)  # task -> label names; {'class': classes} if single
+
+    @property
+    def multitask(self) -> bool:
+        return list(self.tasks) != [SINGLE_TASK]
 
     @property
     def num_classes(self) -> int:
@@ -50,6 +60,10 @@ class DatasetSplits:
 
     def counts(self) -> dict[str, int]:
         return {name: len(split) for name, split in self.splits.items()}
+
+    def class_weights(self, split: str = "train") -> list[float]:
+        """Inverse-frequency weight per class (index == label), averaging 1: the loss weights of data.balance."""
+        return class_weights(self.splits[split].labels, self.num_classes)
 
 
 @dataclass
@@ -124,7 +138,7 @@ def describe_datasets() -> list[tuple[str, str]]:
     """(name, one-line description with its split schemes, default first) for `fruitlab data list`."""
     out = []
     for name, src in sorted(_sources().items()):
-        schemes = [f"{src.default_split} (default)"] + [s for s in src.splits if s != src.default_split]
+        schemes = [f"{src.default_split} (default)"] + [s for s in src.splits if s != src.default_split] + [GROUPED]
         out.append((name, f"{src.description} [splits: {', '.join(schemes)}]"))
     return out
 
@@ -143,11 +157,12 @@ def get_source(name: str, where: str = "") -> DatasetSource:
 def resolve_split(source: DatasetSource, split: str | None, where: str = "") -> str:
     if split is None:
         return source.default_split
-    if split not in source.splits:
-        hint = did_you_mean(split, source.splits)
+    if split not in source.splits and split != GROUPED:
+        allowed = [*source.splits, GROUPED]
+        hint = did_you_mean(split, allowed)
         raise DataError(
             f"split {split!r} {_where(where, 'split')} is not a split scheme of dataset {source.name!r}{hint}; "
-            f"allowed: {', '.join(source.splits)}. Set data.split to one of them, or to null for the default "
+            f"allowed: {', '.join(allowed)}. Set data.split to one of them, or to null for the default "
             f"({source.default_split})".replace("  ", " ")
         )
     return split
@@ -168,14 +183,23 @@ def load_dataset(
     """
     source = get_source(cfg.dataset, where)
     scheme = resolve_split(source, cfg.split, where)
-    request = SourceRequest(cfg, scheme, resolve_data_dir(data_dir), resolve_mirror(mirror), where)
+    # 'grouped' re-splits what the dataset's default split gives.
+    loaded = source.default_split if scheme == GROUPED else scheme
+    request = SourceRequest(cfg, loaded, resolve_data_dir(data_dir), resolve_mirror(mirror), where)
     raw = source.loader(request)
     warn_bad_files(raw.skipped, context=str(raw.root))
-    return _assemble(source.name, scheme, raw, cfg, seed)
+    if scheme == GROUPED:
+        from fruitlab.data.grouping import regroup  # OpenCV: imported only when needed
+
+        raw = regroup(raw, cfg, seed, request.data_dir, source.name)
+    result = _assemble(source.name, scheme, raw, cfg, seed, where)
+    for message in quick_check(result, request.data_dir):  # cheap: cached scan; see `fruitlab data check`
+        log.warning("warning: %s", message)
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ internals
-def _assemble(name: str, scheme: str, raw: RawData, cfg: DataConfig, seed: int) -> DatasetSplits:
+def _assemble(name: str, scheme: str, raw: RawData, cfg: DataConfig, seed: int, where: str = "") -> DatasetSplits:
     classes = check_classes(raw.splits, raw.folders, name)
     grouped = dict(raw.splits)
     if "val" not in grouped:
@@ -187,8 +211,11 @@ def _assemble(name: str, scheme: str, raw: RawData, cfg: DataConfig, seed: int) 
     order = sorted(grouped, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s))
     splits = {s: _to_split(grouped[s], classes) for s in order}
     _check_not_empty(name, splits, raw, held_out="val" not in raw.splits, val_fraction=cfg.val_fraction)
+    labels = derive_task_labels(cfg.labels, classes, splits, raw.root, _where(where, "labels"))
+    for split_name, split in splits.items():
+        split.targets = labels.targets[split_name]
     result = DatasetSplits(
-        name, classes, splits, fingerprint(splits, classes, raw.root), str(raw.root), raw.skipped, scheme
+        name, classes, splits, fingerprint(splits, classes, raw.root), str(raw.root), raw.skipped, scheme, labels.tasks
     )
     log.info(
         "dataset %s (%s): %s, %d classes, fingerprint %s",

@@ -26,8 +26,10 @@ FRUITS_FOLDER = "fruits-fresh-rotten"  # the archive's top folder
     default_split="dli",
     description=(
         "fresh/rotten apples, bananas, oranges: 6 classes, 3,395 photos (a Kaggle subsample; mirror or data.root). "
-        "dli: leak-free split by source photo, 2,659 train / 736 val; folder: the archive's train/ and test/ "
-        "(test/ serves as val and test) - it LEAKS: 81% of test images are augmented copies of train photos"
+        "dli: the NVIDIA assessment's split by source-photo name, 2,659 train / 736 val (no shared names, but "
+        "`fruitlab data check` finds 207 val photos with a renamed copy in train; split: grouped has none); "
+        "folder: the archive's train/ and test/ (test/ serves as val and test) - it LEAKS: 81% of test images "
+        "are augmented copies of train photos"
     ),
 )
 def fruits_fresh_rotten(req: SourceRequest) -> RawData:
@@ -121,5 +123,7 @@ def image_folder(req: SourceRequest) -> RawData:
         )
     root = req.root
     layout = image_folder_layout(root, req.where("root"))
-    grouped, skipped = read_split_folders(layout, root, req.data_dir)
+    labels = req.cfg.labels
+    depth = len(labels.tasks or []) if labels.source == "nested" else 1  # nested: one folder level per task
+    grouped, skipped = read_split_folders(layout, root, req.data_dir, depth=max(depth, 1))
     return RawData(root, grouped, folders={s: str(p) for s, p in layout.items()}, skipped=skipped)

@@ -18,18 +18,41 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
+SINGLE_TASK = "class"  # what a single-task model's one task is called in metric names
+
 
 @torch.inference_mode()
 def predict_batches(
     model: torch.nn.Module, batches: Iterable[Any], device: str = "cpu"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax probabilities (N, C) and labels (N,) over (images, labels) batches."""
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Softmax probabilities {task: (N, C_task)} and labels {task: (N,)} over (images, labels) batches.
+
+    A single-task model (logits tensor, integer labels) reports as the one task `class`.
+    """
     model = model.eval().to(device)
-    probs, labels = [], []
+    probs: dict[str, list[torch.Tensor]] = {}
+    labels: dict[str, list[torch.Tensor]] = {}
     for images, target in batches:
-        probs.append(model(images.to(device)).float().softmax(-1).cpu())
-        labels.append(torch.as_tensor(target))
-    return torch.cat(probs), torch.cat(labels)
+        out = model(images.to(device))
+        out = out if isinstance(out, dict) else {SINGLE_TASK: out}
+        target = target if isinstance(target, dict) else {SINGLE_TASK: target}
+        for task, logits in out.items():
+            probs.setdefault(task, []).append(logits.float().softmax(-1).cpu())
+            labels.setdefault(task, []).append(torch.as_tensor(target[task]))
+    return {t: torch.cat(v) for t, v in probs.items()}, {t: torch.cat(v) for t, v in labels.items()}
+
+
+def evaluate_tasks(
+    probs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], tasks: dict[str, list[str]]
+) -> dict[str, Any]:
+    """{'n', 'tasks': {task: classification_report}, 'joint_acc'}; joint = every task right (None if one task)."""
+    reports = {task: classification_report(probs[task], labels[task], names) for task, names in tasks.items()}
+    joint = None
+    if len(tasks) > 1:
+        right = torch.stack([probs[t].argmax(-1) == labels[t] for t in tasks]).all(0)
+        joint = float(right.float().mean())
+    n = len(next(iter(labels.values())))
+    return {"n": n, "tasks": reports, "joint_acc": joint}
 
 
 def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
@@ -85,6 +108,16 @@ def confusion_figure(report: dict[str, Any], title: str) -> Any:
             ax.text(j, i, str(count), ha="center", va="center", color="white" if count > peak / 2 else "black")
     fig.tight_layout()
     return fig
+
+
+def format_evaluation(evaluation: dict[str, Any], split: str) -> str:
+    """The terminal summary: one block per task, then the joint accuracy of a multi-task model."""
+    blocks = []
+    for task, report in evaluation["tasks"].items():
+        blocks.append(format_report(report, split if task == SINGLE_TASK else f"{split} {task}"))
+    if evaluation.get("joint_acc") is not None:
+        blocks.append(f"{split} joint (every task right): accuracy {evaluation['joint_acc']:.4f} (n={evaluation['n']})")
+    return "\n".join(blocks)
 
 
 def format_report(report: dict[str, Any], split: str) -> str:

@@ -13,7 +13,8 @@ from torch import nn
 
 from fruitlab.config import ModelConfig, PreprocessConfig
 from fruitlab.errors import ModelError
-from fruitlab.models.names import OFFLINE_NAMES, check_backbone_name
+from fruitlab.models import scratch  # registers fruitlab_cnn* with timm
+from fruitlab.models.names import OFFLINE_NAMES, SCRATCH_NAMES, check_backbone_name
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ OFFLINE = {
     ),
 }
 assert set(OFFLINE) == set(OFFLINE_NAMES)  # the fast name check must know the same names
+assert set(scratch.SCRATCH_NAMES) == set(SCRATCH_NAMES)
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,13 @@ def build_backbone(cfg: ModelConfig, where: str = "") -> tuple[nn.Module, str]:
     pretrained = cfg.pretrained
     if pretrained is True and cfg.backbone in OFFLINE and _installed(OFFLINE[cfg.backbone].module):
         spec = OFFLINE[cfg.backbone]
-        model = timm.create_model(spec.arch, pretrained=False, num_classes=0)
+        model = _create(spec.arch, cfg, where)
         path = _offline_file(spec)
         load_weights_file(model, path)
         return model, f"package:{spec.module} ({path.name}) as {spec.arch}"
     if pretrained is True:
-        return _from_hub(cfg.backbone, where), f"timm hub: {cfg.backbone}"
-    model = timm.create_model(cfg.backbone, pretrained=False, num_classes=0)
+        return _from_hub(cfg, where), f"timm hub: {cfg.backbone}"
+    model = _create(cfg.backbone, cfg, where)
     if pretrained is False:
         return model, "random init"
     path = Path(pretrained).expanduser()
@@ -77,6 +79,16 @@ def build_backbone(cfg: ModelConfig, where: str = "") -> tuple[nn.Module, str]:
     return model, f"file: {path}"
 
 
+def _create(name: str, cfg: ModelConfig, where: str, pretrained: bool = False) -> nn.Module:
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, **cfg.kwargs)
+    except TypeError as exc:  # an unknown model.kwargs key reaches the model's constructor
+        raise ModelError(
+            f"model.kwargs {cfg.kwargs} {where.replace('model.backbone', 'model.kwargs')} do not fit {name!r}: "
+            f"{exc}; use keyword arguments its timm constructor accepts (e.g. drop_rate, drop_path_rate)"
+        ) from None
+
+
 def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
@@ -86,9 +98,12 @@ def _offline_file(spec: OfflineWeights) -> Path:
     return Path(locator.get_model_file_path())
 
 
-def _from_hub(name: str, where: str) -> nn.Module:
+def _from_hub(cfg: ModelConfig, where: str) -> nn.Module:
+    name = cfg.backbone
     try:
-        return timm.create_model(name, pretrained=True, num_classes=0)
+        return _create(name, cfg, where, pretrained=True)
+    except ModelError:
+        raise
     except Exception as exc:  # network, auth, missing file: all end the same way for the user
         raise ModelError(
             f"could not load pretrained weights for {name!r} {where} from timm's hub: {type(exc).__name__}: {exc}. "

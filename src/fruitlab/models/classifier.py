@@ -8,7 +8,8 @@ import torch
 from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
-from fruitlab.config import HeadConfig, ModelConfig, PreprocessConfig
+from fruitlab.config import HeadConfig, ModelConfig, PreprocessConfig, SharedConfig, TaskHeadConfig
+from fruitlab.errors import ModelError, did_you_mean
 from fruitlab.models.backbone import build_backbone, resolve_preprocess
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
@@ -29,21 +30,49 @@ def build_head(in_features: int, num_classes: int, cfg: HeadConfig) -> nn.Sequen
     return nn.Sequential(*layers)
 
 
+class MultiTaskHead(nn.Module):
+    """features (B, F) -> shared layers (B, S) -> {task: logits (B, n_task)}."""
+
+    def __init__(self, in_features: int, tasks: dict[str, list[str]], shared: SharedConfig, heads: dict[str, Any]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for hidden in shared.hidden:
+            layers += [nn.Linear(width, hidden), ACTIVATIONS[shared.activation]()]
+            if shared.dropout:
+                layers.append(nn.Dropout(shared.dropout))
+            width = hidden
+        self.shared = nn.Sequential(*layers)
+        self.heads = nn.ModuleDict(
+            {task: build_head(width, len(names), _as_head(heads[task])) for task, names in tasks.items()}
+        )
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        shared = self.shared(features)
+        return {task: head(shared) for task, head in self.heads.items()}
+
+
+def _as_head(cfg: TaskHeadConfig) -> HeadConfig:
+    return HeadConfig(hidden=cfg.hidden, dropout=cfg.dropout, activation=cfg.activation)
+
+
 class Classifier(nn.Module):
-    """images (B, 3, H, W) -> logits (B, num_classes).
+    """images (B, 3, H, W) -> logits (B, num_classes), or {task: logits (B, n_task)} for a multi-task model.
 
     `pool='model'` uses the backbone's own pre-logits path (works for every timm model, ViTs included);
     'avg'/'max'/'avgmax' pool the last feature map directly, as Keras' include_top=False + pooling does.
+    `tasks` maps each task to its label names; a single-task model has one task, `class`.
     """
 
     def __init__(
         self,
         backbone: nn.Module,
-        num_classes: int,
+        tasks: dict[str, list[str]],
         head: HeadConfig,
-        classes: list[str],
         preprocess: dict[str, Any],
         backbone_name: str,
+        shared: SharedConfig | None = None,
+        heads: dict[str, TaskHeadConfig] | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -57,8 +86,15 @@ class Classifier(nn.Module):
             # The backbone's own pre-logits MLP (VGG's 4096-d fc6/fc7) is unused on this path: drop its weights.
             if isinstance(getattr(backbone, "pre_logits", None), nn.Module):
                 backbone.pre_logits = nn.Identity()
-        self.head = build_head(in_features, num_classes, head)
-        self.classes = list(classes)
+        self.tasks = {task: list(names) for task, names in tasks.items()}
+        self.multitask = heads is not None
+        if self.multitask:
+            self.head: nn.Module = MultiTaskHead(in_features, self.tasks, shared or SharedConfig(), heads or {})
+        else:
+            (names,) = self.tasks.values()
+            self.head = build_head(in_features, len(names), head)
+        # Single-task: the class names; multi-task: {task: label names}. Either way what labels.json holds.
+        self.classes: Any = self.tasks if self.multitask else next(iter(self.tasks.values()))
         self.preprocess = dict(preprocess)
         self.backbone_name = backbone_name
 
@@ -67,7 +103,7 @@ class Classifier(nn.Module):
             return self.backbone(x)  # (B, F): timm's own pooling and pre-logits
         return self.pool(self.backbone.forward_features(x))  # (B, C, h, w) -> (B, C)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> Any:
         return self.head(self.forward_features(x))
 
     def metadata(self) -> dict[str, Any]:
@@ -75,10 +111,35 @@ class Classifier(nn.Module):
 
 
 def build_classifier(
-    cfg: ModelConfig, preprocess_cfg: PreprocessConfig, classes: list[str], where: str = ""
+    cfg: ModelConfig, preprocess_cfg: PreprocessConfig, tasks: dict[str, list[str]] | list[str], where: str = ""
 ) -> tuple[Classifier, str]:
-    """The model for these classes, and a description of where its backbone weights came from."""
+    """The model for these tasks (or a plain list of classes), and where its backbone weights came from."""
+    if not isinstance(tasks, dict):
+        tasks = {"class": list(tasks)}
+    check_heads(cfg, tasks, where)
     backbone, weights = build_backbone(cfg, where)
     pre = resolve_preprocess(backbone, preprocess_cfg)
-    model = Classifier(backbone, len(classes), cfg.head, classes, pre.to_dict(), cfg.backbone)
+    model = Classifier(backbone, tasks, cfg.head, pre.to_dict(), cfg.backbone, cfg.shared, cfg.heads)
     return model, weights
+
+
+def check_heads(cfg: ModelConfig, tasks: dict[str, list[str]], where: str = "") -> None:
+    """model.heads must name exactly the tasks the data labels (data.labels)."""
+    where = where.replace("model.backbone", "model.heads")
+    data_tasks = sorted(tasks)
+    if cfg.heads is None:
+        if data_tasks != ["class"]:
+            raise ModelError(
+                f"the data has several tasks {data_tasks} (data.labels) but model.heads is not set {where}; "
+                f"add one head per task, e.g. heads: {{{', '.join(f'{t}: {{}}' for t in data_tasks)}}}"
+            )
+        return
+    if sorted(cfg.heads) != data_tasks:
+        extra = sorted(set(cfg.heads) - set(tasks))
+        missing = sorted(set(tasks) - set(cfg.heads))
+        hints = "".join(did_you_mean(name, tasks) for name in extra[:1])
+        raise ModelError(
+            f"model.heads {sorted(cfg.heads)} {where} must name the tasks the data labels: {data_tasks} "
+            f"(unknown: {extra or 'none'}{hints}; missing: {missing or 'none'}). Set data.labels to label "
+            "every task, or rename the heads".replace("  ", " ")
+        )

@@ -14,6 +14,8 @@ from fruitlab.errors import ModelError, did_you_mean
 
 # Names that resolve to offline package weights (see backbone.OFFLINE); kept here so no import is needed.
 OFFLINE_NAMES = ("efficientnet_lite0", "tf_efficientnet_lite0")
+# fruitlab's own from-scratch CNNs, registered with timm in models/scratch.py.
+SCRATCH_NAMES = ("fruitlab_cnn", "fruitlab_cnn_small")
 
 
 def _cache_file() -> Path:
@@ -24,7 +26,7 @@ def _cache_file() -> Path:
 def known_backbones() -> set[str]:
     cache = _cache_file()
     try:
-        return set(cache.read_text().split()) | set(OFFLINE_NAMES)
+        return set(cache.read_text().split()) | set(OFFLINE_NAMES) | set(SCRATCH_NAMES)
     except OSError:
         pass
     import timm
@@ -35,12 +37,13 @@ def known_backbones() -> set[str]:
         cache.write_text("\n".join(names))
     except OSError:
         pass  # a read-only home only costs speed
-    return set(names) | set(OFFLINE_NAMES)
+    return set(names) | set(OFFLINE_NAMES) | set(SCRATCH_NAMES)
 
 
 def check_backbone_name(name: str, where: str = "") -> None:
     """Fail in well under a second on a misspelt backbone, before any weights are loaded."""
     known = known_backbones()
-    if name not in known:
-        hint = did_you_mean(name, known) or " (see timm.list_models() for names)"
+    base = name.split(".", 1)[0]  # timm's pretrained tags: resnet50.tv_in1k is resnet50 with those weights
+    if base not in known:
+        hint = did_you_mean(base, known) or " (see timm.list_models() for names)"
         raise ModelError(f"backbone {name!r} {where}{hint}".replace("  ", " "))

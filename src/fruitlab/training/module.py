@@ -7,17 +7,20 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from fruitlab.config import AugmentConfig, LossConfig
+from fruitlab.data.mixing import mix_batch
+from fruitlab.training.losses import TaskLoss
 from fruitlab.training.phases import PhasePlan
 
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
 TASK = "class"  # single-task models report under {stage}/class/{metric}
+JOINT = "joint"  # multi-task: {stage}/joint/acc, the fraction of images with every task right
 
 
 def stage_metrics(num_classes: int) -> MetricCollection:
@@ -30,14 +33,34 @@ def stage_metrics(num_classes: int) -> MetricCollection:
 
 
 class ClassifierModule(L.LightningModule):
-    def __init__(self, model: nn.Module, plan: PhasePlan, channels_last: bool = False):
+    """Trains a Classifier (single- or multi-task); metrics are `{stage}/{task}/{metric}` (STYLE.md 6)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: PhasePlan,
+        channels_last: bool = False,
+        loss: LossConfig | None = None,
+        class_weights: dict[str, list[float]] | None = None,
+        augment: AugmentConfig | None = None,
+    ):
         super().__init__()
+        self.augment = augment  # only its batch-level part (mixup/cutmix) is used here, on training batches
         self.model = model.to(memory_format=torch.channels_last) if channels_last else model
         self.plan = plan
         self.channels_last = channels_last
-        num_classes = len(model.classes)
+        self.tasks: dict[str, list[str]] = dict(model.tasks)
+        self.multitask = bool(getattr(model, "multitask", False))
+        self.loss_fn = TaskLoss(list(self.tasks), loss, {t: torch.tensor(w) for t, w in (class_weights or {}).items()})
         # ModuleDict keys cannot be 'train' (an nn.Module method), hence the suffix.
-        self.metrics = nn.ModuleDict({f"{s}_metrics": stage_metrics(num_classes) for s in STAGES})
+        self.metrics = nn.ModuleDict(
+            {
+                f"{s}_metrics": nn.ModuleDict({t: stage_metrics(len(names)) for t, names in self.tasks.items()})
+                for s in STAGES
+            }
+        )
+        if self.multitask:
+            self.joint = nn.ModuleDict({f"{s}_joint": MeanMetric() for s in STAGES})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -77,21 +100,42 @@ class ClassifierModule(L.LightningModule):
         )
 
     def configure_optimizers(self) -> dict[str, Any]:
-        return self.plan.build_optimizer(self.model)
+        extra = [p for p in self.loss_fn.parameters() if p.requires_grad]
+        return self.plan.build_optimizer(self.model, extra=extra)
 
     # --- steps --------------------------------------------------------------------------------------------
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        images, labels = batch
+    def _step(self, batch: tuple[torch.Tensor, Any], stage: str) -> torch.Tensor:
+        images, target = batch
+        perm, lam = None, 1.0
+        if stage == "train" and self.augment is not None and self.augment.mixing:
+            images, perm, lam = mix_batch(images, self.augment)
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
-        metrics = self.metrics[f"{stage}_metrics"]
-        metrics.update(logits, labels)
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        # Single-task models and data speak tensors; everything below speaks {task: tensor}.
+        logits = logits if isinstance(logits, dict) else {TASK: logits}
+        labels = target if isinstance(target, dict) else {TASK: target}
+        n = len(images)
+        losses = self.loss_fn.per_task(logits, labels, perm, lam)
+        objective = self.loss_fn.combine_losses(losses)
+        # val/loss (what checkpoints and early stopping watch) is the plain sum of the tasks' losses, so it
+        # stays comparable across loss weightings; the weighted objective is what the optimizer sees.
+        plain = torch.stack(list(losses.values())).sum()
+        self.log(f"{stage}/loss", plain, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         if stage == "train":  # the running loss for the progress bar only; curves are per epoch
-            self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False)
-        for name, metric in metrics.items():
-            self.log(f"{stage}/{TASK}/{name}", metric, on_step=False, on_epoch=True, prog_bar=name == "acc")
-        return loss
+            self.log("loss", objective, on_step=True, on_epoch=False, prog_bar=True, logger=False)
+        metrics = self.metrics[f"{stage}_metrics"]
+        for task, task_logits in logits.items():
+            metrics[task].update(task_logits, labels[task])
+            if self.multitask:
+                self.log(f"{stage}/{task}/loss", losses[task], on_step=False, on_epoch=True, batch_size=n)
+            for name, metric in metrics[task].items():
+                bar = name == "acc" and not self.multitask
+                self.log(f"{stage}/{task}/{name}", metric, on_step=False, on_epoch=True, prog_bar=bar)
+        if self.multitask:
+            right = torch.stack([logits[t].argmax(-1) == labels[t] for t in logits]).all(0).float()
+            joint = self.joint[f"{stage}_joint"]
+            joint.update(right)
+            self.log(f"{stage}/{JOINT}/acc", joint, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+        return objective
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -107,4 +151,8 @@ class ClassifierModule(L.LightningModule):
         self.log("phase", float(self.plan.index), on_step=False, on_epoch=True)
         optimizer = self.optimizers(use_pl_optimizer=False)
         for group in optimizer.param_groups:
-            self.log(f"lr/{group.get('name', 'group')}", group["lr"], on_step=False, on_epoch=True)
+            if group.get("name") != "loss":
+                self.log(f"lr/{group.get('name', 'group')}", group["lr"], on_step=False, on_epoch=True)
+        if self.multitask:  # the weight each task's loss gets this epoch (fixed, or learned)
+            for task, weight in self.loss_fn.weights().items():
+                self.log(f"loss_weight/{task}", weight, on_step=False, on_epoch=True)

@@ -82,13 +82,19 @@ class PhasePlan:
             bn.eval()
 
     # --- optimizers ----------------------------------------------------------------------------------------
-    def build_optimizer(self, model: nn.Module) -> dict[str, Any]:
-        """Lightning's configure_optimizers dict for the current phase: only what trains is passed."""
+    def build_optimizer(self, model: nn.Module, extra: list[nn.Parameter] | None = None) -> dict[str, Any]:
+        """Lightning's configure_optimizers dict for the current phase: only what trains is passed.
+
+        `extra`: parameters outside the model that train in every phase (learned loss weights), at the head's
+        rate and without weight decay (decay would pull the log-variances to 0, i.e. to equal weights).
+        """
         opt_cfg = self.phase.optimizer
         groups = [{"name": "head", "params": list(model.head.parameters()), "lr": opt_cfg.lr}]
         backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
         if backbone_params:
             groups.append({"name": "backbone", "params": backbone_params, "lr": opt_cfg.backbone_lr or opt_cfg.lr})
+        if extra:
+            groups.append({"name": "loss", "params": list(extra), "lr": opt_cfg.lr, "weight_decay": 0.0})
         optimizer = make_optimizer(opt_cfg, groups)
         scheduler = make_scheduler(self.phase.schedule, optimizer, self.phase.epochs)
         if scheduler is None:
