@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,7 +24,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Datasets: list, fetch.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: list, fetch, check.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 ExperimentOpt = Annotated[
@@ -67,6 +67,13 @@ def _root(
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Lightning advertises its cloud logger on every fit; fruitlab logs to MLflow, so the tip is noise.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+
+
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
 
 
 @app.command()
@@ -89,16 +96,25 @@ def experiments() -> None:
 def check(experiment: ExperimentOpt, set_: SetOpt = None) -> None:
     """Validate an experiment file and its names (dataset, backbone) without training."""
     from fruitlab.config import load_experiment
-    from fruitlab.data.registry import get_source, resolve_split
 
     exp = load_experiment(experiment, set_)
-    source = get_source(exp.data.dataset, exp.where("data.dataset"))
-    resolve_split(source, exp.data.split, exp.where("data.dataset"))
-    from fruitlab.models.names import check_backbone_name
-
-    check_backbone_name(exp.model.backbone, exp.where("model.backbone"))
+    _check_names(exp)
     phases = ", ".join(f"{p.name or i}:{p.epochs}ep" for i, p in enumerate(exp.finetune.phases))
     typer.echo(f"ok: {exp.name} ({exp.source}) - {exp.model.backbone} on {exp.data.dataset}, phases {phases}")
+
+
+def _check_names(exp: Any) -> None:
+    """Dataset, split scheme, backbone (and sweep keys): a typo fails in about a second, before heavy imports."""
+    from fruitlab.data.registry import get_source, resolve_split
+    from fruitlab.models.names import check_backbone_name
+
+    source = get_source(exp.data.dataset, exp.where("data.dataset"))
+    resolve_split(source, exp.data.split, exp.where("data.dataset"))
+    check_backbone_name(exp.model.backbone, exp.where("model.backbone"))
+    if exp.sweep is not None:  # every search-space key and both ends of every range
+        from fruitlab.sweep.space import check_space
+
+        check_space(exp)
 
 
 @app.command()
@@ -124,6 +140,7 @@ def fit(
         exp = load_experiment(experiment, set_)
     else:
         raise FruitlabError("give --experiment NAME (see `fruitlab experiments`) or --resume RUN_ID")
+    _check_names(exp)
     from fruitlab.training.fit import fit as run_fit
 
     result = run_fit(exp, resume_run_id=resume, data_dir=data_dir)
@@ -144,6 +161,118 @@ def _experiment_of_run(run_id: str, overrides: list[str] | None):
         apply_override(raw, item)
     name = raw.get("tracking", {}).get("experiment") or "resumed"
     return validate_experiment(raw, source=f"run {run_id}", name=name)
+
+
+@app.command()
+def sweep(
+    experiment: ExperimentOpt,
+    set_: SetOpt = None,
+    trials: Annotated[
+        int | None,
+        typer.Option("--trials", "-n", min=1, help="trials in the study, all workers (default: sweep.trials)"),
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=1, help="seconds; then this worker starts no new trial")
+    ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            "--storage",
+            help="Optuna storage URL; workers sharing one study share it, e.g. postgresql://user@host/db "
+            "(default: sqlite optuna.db beside the MLflow store)",
+        ),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="study name; the same name resumes it (default: experiment name)")
+    ] = None,
+    tracking_uri: UriOpt = None,
+    data_dir: DataDirOpt = None,
+    mirror: MirrorOpt = None,
+) -> None:
+    """Search the experiment's `sweep:` space with Optuna; each trial is a fit, nested under one MLflow run."""
+    from fruitlab.config import load_experiment
+
+    _env(tracking_uri, mirror)
+    exp = load_experiment(experiment, set_)
+    from fruitlab.sweep.space import check_space  # a bad space or URL fails before torch is even imported
+
+    check_space(exp)
+    if storage:
+        from fruitlab.sweep.storage import check_url
+
+        check_url(storage)
+    from fruitlab.sweep.study import run_sweep
+
+    try:
+        result = run_sweep(
+            exp, trials=trials, timeout=timeout, storage=storage, study_name=study, data_dir=data_dir, echo=typer.echo
+        )
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: run the same command again to resume study {study or exp.name!r}", err=True)
+        raise typer.Exit(130) from None
+    best = result.summary.best
+    found = f"best trial {best.number}: {best.value:.4f}" if best else "no complete trial"
+    typer.echo(f"study {result.study_name}  {found}  parent run {result.parent_run_id}  tracking {result.tracking_uri}")
+
+
+@app.command()
+def promote(
+    experiment: ExperimentOpt,
+    metric: Annotated[
+        str | None,
+        typer.Option("--metric", help="rank runs by this metric (default: best/val/class/acc; multi-task: joint)"),
+    ] = None,
+    model_name: Annotated[
+        str | None, typer.Option("--model-name", help="registered model name (default: the experiment name)")
+    ] = None,
+    run: Annotated[str | None, typer.Option("--run", help="promote this run instead of the best one")] = None,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Register the best run's model, set alias `candidate`; move `champion` only if it beats the champion."""
+    _env(tracking_uri, None)
+    from fruitlab.tracking.registry import promote as run_promote
+
+    result = run_promote(experiment, metric=metric, model_name=model_name, run_id=run)
+    typer.echo(result.summary())
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="image files and folders (searched recursively)")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a run id or a folder"
+        ),
+    ],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="labels per image and task")] = 1,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="also write every prediction: .csv or .json")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 32,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Label images with a logged or registered model, using its own preprocessing and labels."""
+    _env(tracking_uri, None)
+    if output is not None and output.suffix.lower() not in (".csv", ".json"):
+        raise FruitlabError(f"--output {output}: write .csv or .json")
+    from fruitlab.serving.predict import find_images, format_prediction, load_predictor, write_predictions
+
+    paths = find_images(images)
+    if not paths:
+        raise FruitlabError(f"no image files in {', '.join(map(str, images))}")
+    predictor = load_predictor(model, device=device)
+    predictions = []
+    for pred in predictor.predict(paths, top_k=top_k, batch_size=batch_size):
+        predictions.append(pred)
+        typer.echo(format_prediction(pred), err=bool(pred.error))
+    if output is not None:
+        write_predictions(predictions, output)
+    bad = sum(1 for p in predictions if p.error)
+    note = f", {bad} unreadable" if bad else ""
+    written = f"; written to {output}" if output else ""
+    typer.echo(f"{len(predictions) - bad} images labelled by {predictor.source}{note}{written}", err=True)
 
 
 @app.command()
@@ -184,6 +313,39 @@ def data_fetch(
 
     path = fetch(name, data_dir=data_dir, mirror=mirror, force=force)
     typer.echo(f"{name}: ready at {path}")
+
+
+@data_app.command("check")
+def data_check(
+    target: Annotated[
+        str, typer.Argument(help="dataset name (fruitlab data list) or a folder: train/ val|valid/ test/")
+    ],
+    split: Annotated[
+        str | None, typer.Option("--split", help="split scheme (default: the dataset's own; 'grouped' for any)")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="folder for report.json and the grids (default: reports/data-check/...)"),
+    ] = None,
+    data_dir: DataDirOpt = None,
+    mirror: MirrorOpt = None,
+    seed: Annotated[int, typer.Option(help="seed of a held-out val split (the experiments' default: 42)")] = 42,
+    near: Annotated[
+        bool, typer.Option("--near/--no-near", help="search for near-duplicates across splits (the slow part)")
+    ] = True,
+) -> None:
+    """Counts, imbalance, unreadable files, duplicates and near-duplicates (copies across splits) of a dataset."""
+    from fruitlab.data.checks import check_dataset, data_config_for
+    from fruitlab.data.grids import save_report
+
+    cfg = data_config_for(target, split)
+    report = check_dataset(cfg, seed=seed, data_dir=data_dir, mirror=mirror, near=near)
+    for line in report.summary():
+        typer.echo(line)
+    folder = out or Path("reports", "data-check", f"{report.dataset}-{report.scheme}")
+    written = save_report(report, folder)
+    seconds = ", ".join(f"{stage} {t:.1f} s" for stage, t in report.seconds.items())
+    typer.echo(f"saved {', '.join(str(p) for p in written.values())}  ({seconds})")
 
 
 def _env(tracking_uri: str | None, mirror: str | None) -> None:

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from fruitlab.errors import ConfigError, did_you_mean
 
@@ -22,38 +31,110 @@ class Strict(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------------- data
+class RandAugmentConfig(Strict):
+    """RandAugment (Cubuk et al. 2020) as torchvision defines it: `num_ops` of 14 operations, each at `magnitude`."""
+
+    num_ops: int = Field(2, ge=1, le=14, description="operations per image, drawn uniformly with replacement")
+    magnitude: int = Field(9, ge=0, le=30, description="strength, bin of torchvision's 31 (0 = none, 30 = most)")
+
+
 class AugmentConfig(Strict):
-    """Library-neutral augmentation spec; probabilities in [0, 1], angles in degrees, shift as a fraction of size."""
+    """Library-neutral augmentation spec; probabilities in [0, 1], angles in degrees, shift as a fraction of size.
+
+    Per image (train split only): every key down to `randaugment`. Per batch, in the training step (data/mixing.py):
+    `mixup`, `cutmix`, `mix_prob`.
+    """
 
     hflip: float = Field(0.0, ge=0, le=1, description="probability of a horizontal flip")
     vflip: float = Field(0.0, ge=0, le=1, description="probability of a vertical flip")
     rotate: float = Field(0.0, ge=0, le=180, description="max rotation, degrees")
     scale: tuple[float, float] | None = Field(None, description="zoom range, e.g. [0.8, 1.2]")
-    shear: float = Field(0.0, ge=0, le=45, description="max shear, degrees")
-    shift: float = Field(0.0, ge=0, le=0.5, description="max translation, fraction of image size")
+    shear: float = Field(0.0, ge=0, le=45, description="max horizontal shear, degrees")
+    shift: float = Field(0.0, ge=0, le=0.5, description="max translation per axis, fraction of image size")
     color_jitter: float = Field(0.0, ge=0, le=1, description="brightness/contrast/saturation strength")
-    blur: float = Field(0.0, ge=0, le=1, description="probability of a Gaussian blur")
-    sharpness: float = Field(0.0, ge=0, le=1, description="probability of sharpening")
+    hue: float = Field(0.0, ge=0, le=0.5, description="max hue shift, fraction of the colour circle")
+    blur: float = Field(0.0, ge=0, le=1, description="probability of a Gaussian blur (5x5, sigma 0.1-2 px)")
+    sharpness: float = Field(0.0, ge=0, le=1, description="probability of sharpening (torchvision's factor 2)")
     random_resized_crop: tuple[float, float] | None = Field(None, description="area range, e.g. [0.6, 1.0]")
+    randaugment: RandAugmentConfig | None = Field(None, description="e.g. {num_ops: 2, magnitude: 9}; None = off")
+    mixup: float = Field(0.0, ge=0, description="batch mixup, Beta(alpha, alpha) alpha, e.g. 0.2; 0 = off")
+    cutmix: float = Field(0.0, ge=0, description="batch cutmix, Beta(alpha, alpha) alpha, e.g. 1.0; 0 = off")
+    mix_prob: float = Field(1.0, ge=0, le=1, description="probability that a batch is mixed; both on: 50/50 which")
+
+    @field_validator("scale", "random_resized_crop")
+    @classmethod
+    def _range(cls, value: tuple[float, float] | None, info: ValidationInfo) -> tuple[float, float] | None:
+        top = 1 if info.field_name == "random_resized_crop" else float("inf")
+        if value is not None and not 0 < value[0] <= value[1] <= top:
+            raise ValueError(f"expected [low, high] with 0 < low <= high{' <= 1' if top == 1 else ''}")
+        return value
 
     @property
     def enabled(self) -> bool:
-        return self != AugmentConfig()
+        """Any per-image augmentation (mixup and cutmix act on batches, not here)."""
+        batch = {"mixup", "cutmix", "mix_prob"}
+        return self.model_dump(exclude=batch) != AugmentConfig().model_dump(exclude=batch)
+
+    @property
+    def mixing(self) -> bool:
+        return (self.mixup > 0 or self.cutmix > 0) and self.mix_prob > 0
+
+
+class LabelsConfig(Strict):
+    """Where the labels of each task come from (multi-task models; one task, `class`, by default).
+
+    `class`: the class folder is the label. `class_name`: a regular expression with one named group per task
+    parsed from the class folder name, e.g. `^(?P<freshness>fresh|rotten)(?P<fruit>.+)$`. `nested`: class folders
+    nested one level per task, `train/<fruit>/<freshness>/...` with `tasks: [fruit, freshness]`. `csv`: a CSV
+    with a `path` column (relative to the dataset root) and one column per task.
+    """
+
+    source: Literal["class", "class_name", "nested", "csv"] = "class"
+    pattern: str | None = Field(None, description="class_name: regex with one named group per task")
+    tasks: list[str] | None = Field(None, description="nested: one task name per folder level; csv: the columns")
+    csv: str | None = Field(None, description="csv: the file (relative paths are relative to the dataset root)")
+    rename: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="per task, raw value -> label, e.g. {fruit: {apples: apple}}"
+    )
+
+    @model_validator(mode="after")
+    def _needs(self) -> LabelsConfig:
+        if self.source == "class_name" and not self.pattern:
+            raise ValueError("source: class_name needs `pattern`, a regex with one named group per task")
+        if self.source == "nested" and not self.tasks:
+            raise ValueError("source: nested needs `tasks`, one task name per folder level, e.g. [fruit, freshness]")
+        if self.source == "csv" and not self.csv:
+            raise ValueError("source: csv needs `csv`, the path of a CSV with a `path` column and one per task")
+        return self
 
 
 class DataConfig(Strict):
     dataset: str = Field("fruits_fresh_rotten", description="a registered dataset (fruitlab data list)")
     root: str | None = Field(None, description="image_folder: the folder; other datasets: an extracted copy")
-    split: str | None = Field(None, description="dataset-specific split scheme; None = the dataset's default")
+    split: str | None = Field(
+        None,
+        description="dataset-specific split scheme (fruitlab data list); None = the dataset's default; 'grouped' "
+        "(any dataset): re-split so that no copies of one photo (near-duplicates) are in two splits",
+    )
     val_fraction: float = Field(0.2, gt=0, lt=1, description="held-out fraction when the data has no val split")
     max_per_class: int | None = Field(None, ge=1, description="cap images per class and split (CPU-sized runs)")
+    balance: Literal["none", "weights", "sampler"] = Field(
+        "none",
+        description="class imbalance: none; weights = inverse-frequency class weights in the loss; sampler = the "
+        "train loader draws every class equally often (seeded WeightedRandomSampler, with replacement)",
+    )
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int | None = Field(None, ge=1, description="default: 2 x batch_size")
     num_workers: int | Literal["auto"] = Field(
         "auto", description="DataLoader workers; auto = cores - 1 (at least 1, at most 8): decoding runs beside compute"
     )
+    labels: LabelsConfig = LabelsConfig()
     augment: AugmentConfig = AugmentConfig()
-    augment_backend: Literal["albumentations", "torchvision"] = "albumentations"
+    augment_backend: Literal["albumentations", "torchvision"] = Field(
+        "albumentations",
+        description="same transforms either way; albumentations measured 1.5-2.7x torchvision's training "
+        "images/s per core at 32 and 224 px, e.g. 2,767 vs 1,018 and 492 vs 212 (benchmarks/augment_backends.md)",
+    )
 
 
 class PreprocessConfig(Strict):
@@ -76,12 +157,43 @@ class HeadConfig(Strict):
     activation: Literal["relu", "gelu", "silu"] = "relu"
 
 
+class SharedConfig(Strict):
+    """Multi-task models: layers shared by every task's head, after pooling (e.g. a 512-d MLP)."""
+
+    hidden: list[int] = Field(default_factory=list, description="widths of the shared layers")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+
+
+class TaskHeadConfig(Strict):
+    hidden: list[int] = Field(default_factory=list)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+
+
 class ModelConfig(Strict):
     backbone: str = Field("efficientnet_lite0", description="any timm model name (timm.list_models)")
     pretrained: bool | str = Field(
         True, description="true: offline package weights if known, else timm's hub; false; or a weights file"
     )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments for timm.create_model, e.g. {drop_path_rate: 0.1}"
+    )
     head: HeadConfig = HeadConfig()
+    shared: SharedConfig = SharedConfig()
+    heads: dict[str, TaskHeadConfig] | None = Field(
+        None, description="multi-task: task name -> head over the shared representation; names = data label tasks"
+    )
+
+
+class LossConfig(Strict):
+    """How per-task losses combine (cross-entropy per task)."""
+
+    combine: Literal["sum", "weights", "uncertainty"] = Field(
+        "sum", description="sum; weights (fixed, below); uncertainty (learned log-variances, Kendall et al. 2018)"
+    )
+    weights: dict[str, float] = Field(default_factory=dict, description="combine: weights - task -> weight")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 
 # ----------------------------------------------------------------------------------------------- finetune
@@ -186,18 +298,80 @@ class TrackingConfig(Strict):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+# -------------------------------------------------------------------------------------------------- sweep
+class SweepParam(Strict):
+    """One dimension of the search space; its key (in `sweep.params`) is a dotted experiment key."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = Field(None, description="float/int: smallest value")
+    high: float | None = Field(None, description="float/int: largest value (included)")
+    log: bool = Field(False, description="float/int: sample on a log scale (learning rates, weight decay)")
+    step: float | None = Field(None, gt=0, description="float/int: only multiples of step above low")
+    choices: list[Any] | None = Field(None, description="categorical: the values (numbers, strings, lists...)")
+
+    @model_validator(mode="after")
+    def _range(self) -> SweepParam:
+        if self.type == "categorical":
+            if not self.choices or self.low is not None or self.high is not None:
+                raise ValueError("categorical needs `choices` (a non-empty list) and no low/high")
+            return self
+        if self.low is None or self.high is None or self.choices is not None:
+            raise ValueError(f"{self.type} needs `low` and `high` (and no choices)")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and (self.low <= 0 or self.step is not None):
+            raise ValueError("log: true needs low > 0 and no step")
+        if self.type == "int" and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            raise ValueError("int needs whole-number low and high")
+        return self
+
+
+class PrunerConfig(Strict):
+    """Stops unpromising trials on the per-epoch metric; `pruner: median` is short for `{name: median}`."""
+
+    name: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = Field(2, ge=0, description="median: trials that must complete before any is pruned")
+    warmup_epochs: int = Field(1, ge=0, description="median: epochs every trial runs before it may be pruned")
+    reduction_factor: int = Field(3, ge=2, description="hyperband: 1/factor of the trials go on at each rung")
+
+
+class SweepConfig(Strict):
+    """An Optuna search over this experiment (`fruitlab sweep`); each trial is one fit, a nested MLflow run."""
+
+    metric: str = Field("val/class/acc", description="per-epoch metric to optimise and prune on")
+    direction: Literal["maximize", "minimize"] = "maximize"
+    trials: int = Field(20, ge=1, description="trials in the study, all workers together")
+    timeout: float | None = Field(None, gt=0, description="seconds; after it this worker starts no new trial")
+    sampler: Literal["tpe", "random"] = "tpe"
+    pruner: PrunerConfig = PrunerConfig()
+    seed: int = Field(42, description="sampler seed; trial k samples with seed + k, so workers differ")
+    params: dict[str, SweepParam] = Field(..., min_length=1, description="dotted experiment key -> its range")
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="trials to run first when the study is created (the rest of their values sampled), e.g. "
+        "the experiment's own values as a baseline: [{finetune.phases.0.optimizer.lr: 1.0e-3}]",
+    )
+
+    @field_validator("pruner", mode="before")
+    @classmethod
+    def _pruner_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
 class Experiment(Strict):
     description: str = ""
     seed: int = 42
     data: DataConfig = DataConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
     finetune: FinetuneConfig = FinetuneConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     trainer: TrainerConfig = TrainerConfig()
     performance: PerformanceConfig = PerformanceConfig()
     tracking: TrackingConfig = TrackingConfig()
+    sweep: SweepConfig | None = Field(None, description="search space and study settings for `fruitlab sweep`")
 
     _name: str = PrivateAttr("adhoc")
     _source: str = PrivateAttr("<memory>")
@@ -220,8 +394,8 @@ class Experiment(Strict):
         return f"({self._source}: {key})"
 
     def flat(self) -> dict[str, Any]:
-        """Every resolved value as a flat dotted dict (for MLflow params)."""
-        return flatten(self.model_dump(mode="json"))
+        """Every resolved value as a flat dotted dict (for MLflow params); the sweep's search space is not one."""
+        return flatten(self.model_dump(mode="json", exclude={"sweep"}))
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -30,6 +30,10 @@ class TrackingError(FruitlabError):
     """MLflow store, run or registry problem."""
 
 
+class SweepError(FruitlabError):
+    """An Optuna study or its storage cannot be used as asked."""
+
+
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     """' - did you mean 'x'?' for the closest choices, or '' when nothing is close."""
     matches = difflib.get_close_matches(str(name), list(choices), n=n, cutoff=0.6)

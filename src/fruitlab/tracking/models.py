@@ -56,7 +56,9 @@ def log_classifier(model: nn.Module, run_id: str, example: torch.Tensor, name: s
                     model,
                     name=name,
                     signature=signature,
-                    input_example=example.numpy(),
+                    # MLflow's pyfunc check of the example accepts one output tensor only; a multi-task model
+                    # returns {task: logits}, so it is logged with its signature and without the example.
+                    input_example=None if isinstance(output, dict) else example.numpy(),
                     extra_files=extra,
                     pip_requirements=pip_requirements(),
                     # MLflow 3's default is pt2 (torch.export): it specialises on the example's batch size and

@@ -15,6 +15,7 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fruitlab import __version__
@@ -47,7 +48,14 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
         return existing.experiment_id
     # With a local store, artifacts go to ./mlruns next to mlflow.db (explicitly: MLflow's own default moved).
     location = Path(ARTIFACT_DIR).resolve().as_uri() if is_local_store(uri) else None
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # Another process (a second sweep worker) created it between our look-up and our create.
+        existing = client.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
 
 
 def git_commit() -> str:

@@ -13,19 +13,20 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 
 from fruitlab.config import Experiment
+from fruitlab.data.balance import class_weights
 from fruitlab.data.datamodule import ImageDataModule
 from fruitlab.data.registry import load_dataset
 from fruitlab.errors import TrackingError
-from fruitlab.evaluation.report import classification_report, confusion_figure, format_report, predict_batches
+from fruitlab.evaluation.report import confusion_figure, evaluate_tasks, format_evaluation, predict_batches
 from fruitlab.models.classifier import build_classifier
 from fruitlab.models.names import check_backbone_name
 from fruitlab.tracking import runs
 from fruitlab.tracking.models import log_classifier
-from fruitlab.training.module import TASK, ClassifierModule
+from fruitlab.training.module import JOINT, ClassifierModule
 from fruitlab.training.phases import PhaseEarlyStopping, PhasePlan, PhaseSchedule
 
 log = logging.getLogger(__name__)
@@ -44,16 +45,33 @@ class FitResult:
     seconds: float = 0.0
 
 
-def fit(exp: Experiment, *, resume_run_id: str | None = None, data_dir: str | None = None) -> FitResult:
+def fit(
+    exp: Experiment,
+    *,
+    resume_run_id: str | None = None,
+    data_dir: str | None = None,
+    callbacks: list[Any] | None = None,
+    tags: dict[str, str] | None = None,
+) -> FitResult:
+    """`callbacks`: extra Lightning callbacks (a sweep's pruning); `tags`: extra run tags (`mlflow.parentRunId`...)."""
     with warnings.catch_warnings():
         # Frozen BatchNorm layers are in eval mode on purpose (see phases.py); Lightning warns about any.
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=DeprecationWarning)
-        return _fit(exp, resume_run_id=resume_run_id, data_dir=data_dir)
+        # Curves are logged per epoch; Lightning's step-logging interval does not apply.
+        warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
+        return _fit(exp, resume_run_id=resume_run_id, data_dir=data_dir, extra_callbacks=callbacks, extra_tags=tags)
 
 
-def _fit(exp: Experiment, *, resume_run_id: str | None, data_dir: str | None) -> FitResult:
+def _fit(
+    exp: Experiment,
+    *,
+    resume_run_id: str | None,
+    data_dir: str | None,
+    extra_callbacks: list[Any] | None = None,
+    extra_tags: dict[str, str] | None = None,
+) -> FitResult:
     started = time.perf_counter()
     # 1. Names first: a typo fails in a second, before any download or weight load.
     check_backbone_name(exp.model.backbone, exp.where("model.backbone"))
@@ -63,9 +81,16 @@ def _fit(exp: Experiment, *, resume_run_id: str | None, data_dir: str | None) ->
     splits = load_dataset(exp.data, seed=exp.seed, data_dir=data_dir, where=exp.where("data.dataset"))
 
     # 3. Model, phase plan, LightningModule.
-    model, weights = build_classifier(exp.model, exp.preprocess, splits.classes, exp.where("model.backbone"))
+    model, weights = build_classifier(exp.model, exp.preprocess, splits.tasks, exp.where("model.backbone"))
     plan = PhasePlan(exp.finetune.phases)
-    module = ClassifierModule(model, plan, channels_last=exp.performance.channels_last)
+    module = ClassifierModule(
+        model,
+        plan,
+        channels_last=exp.performance.channels_last,
+        loss=exp.loss,
+        class_weights=_class_weights(splits) if exp.data.balance == "weights" else None,
+        augment=exp.data.augment,
+    )
     datamodule = ImageDataModule(splits, exp.data, model.preprocess, seed=exp.seed)
 
     # 4. Tracking: one run per fit (the same run again on --resume).
@@ -76,8 +101,12 @@ def _fit(exp: Experiment, *, resume_run_id: str | None, data_dir: str | None) ->
         "fruitlab.dataset": exp.data.dataset,
         "fruitlab.dataset_fingerprint": splits.fingerprint,
         "fruitlab.classes": ",".join(splits.classes),
+        "fruitlab.tasks": ",".join(splits.tasks),
+        **(extra_tags or {}),
     }
     run_id = _open_run(exp, uri, tags, resume_run_id)
+    if rank_zero_only.rank == 0:
+        log.info("MLflow run %s, experiment %r, tracking %s", run_id, exp.tracking.experiment or exp.name, uri)
     checkpoint_dir = CHECKPOINT_ROOT / run_id
     logger = MLFlowLogger(experiment_name=exp.tracking.experiment or exp.name, tracking_uri=uri, run_id=run_id)
 
@@ -91,7 +120,9 @@ def _fit(exp: Experiment, *, resume_run_id: str | None, data_dir: str | None) ->
         save_top_k=1,
         auto_insert_metric_name=False,
     )
-    callbacks: list[Any] = [PhaseSchedule(), checkpoint]
+    callbacks: list[Any] = [PhaseSchedule(), checkpoint, *(extra_callbacks or [])]
+    if exp.trainer.enable_progress_bar:
+        callbacks.append(ProgressBar())
     if exp.early_stopping.enabled:
         es = exp.early_stopping
         callbacks.append(
@@ -145,6 +176,15 @@ def _fit(exp: Experiment, *, resume_run_id: str | None, data_dir: str | None) ->
     return result
 
 
+class ProgressBar(RichProgressBar):
+    """Lightning's Rich bar without `v_num` (the MLflow run id is printed at the start and the end instead)."""
+
+    def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
 def _open_run(exp: Experiment, uri: str, tags: dict[str, str], resume_run_id: str | None) -> str:
     if rank_zero_only.rank != 0:  # a DDP worker re-launched by Lightning: join the parent's run
         return os.environ[RUN_ID_ENV]
@@ -174,21 +214,29 @@ def _trainer_kwargs(exp: Experiment) -> dict[str, Any]:
 
 
 def _evaluate_and_log(client: Any, run_id: str, model: Any, datamodule: ImageDataModule, split: str) -> dict[str, Any]:
+    """Metrics, report JSON, per-class CSV and confusion matrix per task of the best model on one split."""
     loader = datamodule._loader(split, train=False)
     probs, labels = predict_batches(model, loader)
-    report = classification_report(probs, labels, datamodule.classes)
-    prefix = "best/val" if split == "val" else "test"
-    runs.log_metrics(
-        client,
-        run_id,
-        {f"{prefix}/{TASK}/{k}": report[k] for k in ("acc", "precision_macro", "recall_macro", "f1_macro")},
-    )
-    runs.log_json(client, run_id, report, f"evaluation/{split}_report.json")
-    client.log_text(run_id, _per_class_csv(report), f"evaluation/{split}_per_class.csv")
-    fig = confusion_figure(report, f"{split} confusion matrix (n={report['n']})")
-    client.log_figure(run_id, fig, f"evaluation/{split}_confusion.png")
-    print(format_report(report, split))
-    return report
+    evaluation = evaluate_tasks(probs, labels, model.tasks)
+    prefix = _prefix(split)
+    metrics = {}
+    multi = len(evaluation["tasks"]) > 1
+    for task, report in evaluation["tasks"].items():
+        metrics |= {f"{prefix}/{task}/{k}": report[k] for k in ("acc", "precision_macro", "recall_macro", "f1_macro")}
+        name = f"{split}_{task}" if multi else split
+        client.log_text(run_id, _per_class_csv(report), f"evaluation/{name}_per_class.csv")
+        title = f"{split} {task + ' ' if multi else ''}confusion matrix (n={report['n']})"
+        client.log_figure(run_id, confusion_figure(report, title), f"evaluation/{name}_confusion.png")
+    if evaluation["joint_acc"] is not None:
+        metrics[f"{prefix}/{JOINT}/acc"] = evaluation["joint_acc"]
+    runs.log_metrics(client, run_id, metrics)
+    runs.log_json(client, run_id, evaluation, f"evaluation/{split}_report.json")
+    print(format_evaluation(evaluation, split))
+    return evaluation
+
+
+def _prefix(split: str) -> str:
+    return "best/val" if split == "val" else "test"
 
 
 def _per_class_csv(report: dict[str, Any]) -> str:
@@ -201,8 +249,17 @@ def _per_class_csv(report: dict[str, Any]) -> str:
 
 def _summary_metrics(reports: dict[str, dict[str, Any]]) -> dict[str, float]:
     out = {}
-    for split, report in reports.items():
-        prefix = "best/val" if split == "val" else "test"
-        out[f"{prefix}/{TASK}/acc"] = report["acc"]
-        out[f"{prefix}/{TASK}/f1_macro"] = report["f1_macro"]
+    for split, evaluation in reports.items():
+        prefix = _prefix(split)
+        for task, report in evaluation["tasks"].items():
+            out[f"{prefix}/{task}/acc"] = report["acc"]
+            out[f"{prefix}/{task}/f1_macro"] = report["f1_macro"]
+        if evaluation["joint_acc"] is not None:
+            out[f"{prefix}/{JOINT}/acc"] = evaluation["joint_acc"]
     return out
+
+
+def _class_weights(splits: Any) -> dict[str, list[float]]:
+    """Inverse-frequency weights per task over the train split (mean 1), for data.balance: weights."""
+    train = splits.splits["train"]
+    return {task: class_weights(train.targets[task], len(names)) for task, names in splits.tasks.items()}
