@@ -85,3 +85,14 @@ finetune:
     - {name: top, epochs: 1, train: {last_stages: 2}, optimizer: {name: sgd, lr: 1.0e-2, backbone_lr: 1.0e-3}}
 trainer: {enable_progress_bar: false}
 """
+
+
+def sigint_default() -> None:
+    """Popen preexec_fn: a child that Ctrl+C can stop, whatever the test process does with SIGINT.
+
+    An ignored SIGINT (SIG_IGN) is inherited across exec, and Lightning's graceful shutdown ignores SIGINT in the
+    process it runs in; a test that sends SIGINT to a child must not depend on what ran before it.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, SMOKE_EXPERIMENT, write_experiment
+from tests.conftest import REPO, SMOKE_EXPERIMENT, sigint_default, write_experiment
 
 FRUITLAB = str(Path(sys.executable).with_name("fruitlab"))
 
@@ -143,6 +143,7 @@ def test_interrupted_fit_resumes_in_the_same_run(tmp_path, fruit_data_dir):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_default,
     )
     deadline = time.time() + 240
     while not list(tmp_path.glob("checkpoints/*/last.ckpt")) and time.time() < deadline and proc.poll() is None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -62,10 +61,7 @@ def test_fruits_from_the_real_mirror(real_mirror: Path, tmp_path: Path) -> None:
     print(f"fruits: first load (fetch + full scan) {first:.1f}s, second load (cached scan) {cached:.2f}s")
 
 
-@pytest.mark.skipif(
-    not os.environ.get("FRUITLAB_TEST_CIFAR_MIRROR"),
-    reason="set FRUITLAB_TEST_CIFAR_MIRROR=1: extracting 60,000 files takes ~20 s, deleting them later ~1 min",
-)
+@pytest.mark.slow  # extracting 60,000 files takes ~20 s, deleting them later ~1 min
 def test_cifar10_jpeg_from_the_real_mirror(real_mirror: Path, tmp_path: Path) -> None:
     cfg = DataConfig(dataset="cifar10", val_fraction=0.1)
     ds = load_dataset(cfg, seed=0, data_dir=tmp_path / "data", mirror=real_mirror)

@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.conftest import SMOKE_EXPERIMENT, write_experiment
+from tests.conftest import SMOKE_EXPERIMENT, sigint_default, write_experiment
 from tests.test_cli import FRUITLAB
 
 SWEEP = SMOKE_EXPERIMENT + (  # two epochs a trial: signals arrive after the first, in the middle of the trial
@@ -36,7 +36,7 @@ def interrupt(cmd: list[str], cwd, env, when: str, sig: int) -> tuple[int, str]:
     """Start the sweep, send `sig` as soon as its output contains `when`; (exit status, output)."""
     log = cwd / f"sweep-{sig}.log"
     with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=sigint_default)
         deadline = time.time() + 300
         while when not in log.read_text():
             assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -144,6 +146,7 @@ def _fit(
         status = "KILLED" if trainer.interrupted else "FINISHED"
     except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl+C into a graceful shutdown + sys.exit(1)
         status = "KILLED"
+        _restore_ctrl_c()
         if trainer.global_rank == 0:
             log.warning("interrupted; continue this run with: fruitlab fit --resume %s", run_id)
         raise
@@ -174,6 +177,13 @@ def _fit(
     runs.log_metrics(client, run_id, {"fit_seconds": result.seconds})
     runs.finish_run(client, run_id, "FINISHED")
     return result
+
+
+def _restore_ctrl_c() -> None:
+    """Lightning's graceful shutdown sets SIGINT to 'ignore' for good; a caller that goes on (a sweep, a notebook,
+    a test) and every process it starts would then ignore Ctrl+C. Put Python's own handler back."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class ProgressBar(RichProgressBar):
