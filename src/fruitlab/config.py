@@ -148,27 +148,26 @@ class PreprocessConfig(Strict):
 
 
 # -------------------------------------------------------------------------------------------------- model
-class HeadConfig(Strict):
+class MlpConfig(Strict):
+    """Hidden layers (linear -> activation -> dropout each) before a classifier, or shared by several."""
+
+    hidden: list[int] = Field(default_factory=list, description="widths of the hidden layers")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+
+
+class HeadConfig(MlpConfig):
     pool: Literal["model", "avg", "max", "avgmax"] = Field(
         "model", description="'model' uses the backbone's own pooling; the others pool its feature map"
     )
-    hidden: list[int] = Field(default_factory=list, description="widths of hidden layers before the classifier")
-    dropout: float = Field(0.0, ge=0, lt=1)
-    activation: Literal["relu", "gelu", "silu"] = "relu"
 
 
-class SharedConfig(Strict):
+class SharedConfig(MlpConfig):
     """Multi-task models: layers shared by every task's head, after pooling (e.g. a 512-d MLP)."""
 
-    hidden: list[int] = Field(default_factory=list, description="widths of the shared layers")
-    dropout: float = Field(0.0, ge=0, lt=1)
-    activation: Literal["relu", "gelu", "silu"] = "relu"
 
-
-class TaskHeadConfig(Strict):
-    hidden: list[int] = Field(default_factory=list)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    activation: Literal["relu", "gelu", "silu"] = "relu"
+class TaskHeadConfig(MlpConfig):
+    """One task's head over the shared layers (hidden layers, then its classifier)."""
 
 
 class ModelConfig(Strict):

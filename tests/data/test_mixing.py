@@ -9,14 +9,7 @@ import torch.nn.functional as F
 from fruitlab.config import AugmentConfig
 from fruitlab.data.mixing import mix_batch, mixed_loss
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: a second thread only waits for a core on a shared 2-core machine (30x slower, measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def batch(n: int = 16, size: int = 32) -> torch.Tensor:

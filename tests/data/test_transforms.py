@@ -28,13 +28,7 @@ from fruitlab.data.transforms import BACKENDS, AugmentPlan, build_pipeline, buil
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: a second thread only waits for a core on a shared 2-core machine (30x slower, measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def preprocess(size: int = 224, crop_pct: float = 1.0, interpolation: str = "bilinear") -> dict:

@@ -8,15 +8,15 @@ import torch
 from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
-from fruitlab.config import HeadConfig, ModelConfig, PreprocessConfig, SharedConfig, TaskHeadConfig
+from fruitlab.config import HeadConfig, MlpConfig, ModelConfig, PreprocessConfig, SharedConfig, TaskHeadConfig
 from fruitlab.errors import ModelError, did_you_mean
 from fruitlab.models.backbone import build_backbone, resolve_preprocess
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
 
-def build_head(in_features: int, num_classes: int, cfg: HeadConfig) -> nn.Sequential:
-    """[dropout] -> (linear -> act -> dropout) x len(hidden) -> linear."""
+def mlp_layers(in_features: int, cfg: MlpConfig) -> tuple[list[nn.Module], int]:
+    """(linear -> act -> dropout) x len(cfg.hidden), and the width that comes out."""
     layers: list[nn.Module] = []
     width = in_features
     for hidden in cfg.hidden:
@@ -24,6 +24,12 @@ def build_head(in_features: int, num_classes: int, cfg: HeadConfig) -> nn.Sequen
         if cfg.dropout:
             layers.append(nn.Dropout(cfg.dropout))
         width = hidden
+    return layers, width
+
+
+def build_head(in_features: int, num_classes: int, cfg: MlpConfig) -> nn.Sequential:
+    """[dropout] -> (linear -> act -> dropout) x len(hidden) -> linear."""
+    layers, width = mlp_layers(in_features, cfg)
     if cfg.dropout and not cfg.hidden:
         layers.append(nn.Dropout(cfg.dropout))
     layers.append(nn.Linear(width, num_classes))
@@ -33,27 +39,15 @@ def build_head(in_features: int, num_classes: int, cfg: HeadConfig) -> nn.Sequen
 class MultiTaskHead(nn.Module):
     """features (B, F) -> shared layers (B, S) -> {task: logits (B, n_task)}."""
 
-    def __init__(self, in_features: int, tasks: dict[str, list[str]], shared: SharedConfig, heads: dict[str, Any]):
+    def __init__(self, in_features: int, tasks: dict[str, list[str]], shared: MlpConfig, heads: dict[str, MlpConfig]):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = in_features
-        for hidden in shared.hidden:
-            layers += [nn.Linear(width, hidden), ACTIVATIONS[shared.activation]()]
-            if shared.dropout:
-                layers.append(nn.Dropout(shared.dropout))
-            width = hidden
+        layers, width = mlp_layers(in_features, shared)
         self.shared = nn.Sequential(*layers)
-        self.heads = nn.ModuleDict(
-            {task: build_head(width, len(names), _as_head(heads[task])) for task, names in tasks.items()}
-        )
+        self.heads = nn.ModuleDict({task: build_head(width, len(names), heads[task]) for task, names in tasks.items()})
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         shared = self.shared(features)
         return {task: head(shared) for task, head in self.heads.items()}
-
-
-def _as_head(cfg: TaskHeadConfig) -> HeadConfig:
-    return HeadConfig(hidden=cfg.hidden, dropout=cfg.dropout, activation=cfg.activation)
 
 
 class Classifier(nn.Module):
