@@ -236,7 +236,11 @@ class PhaseConfig(Strict):
     )
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
-    bn: Literal["frozen", "train"] = Field("frozen", description="BatchNorm mode of the frozen backbone parts")
+    bn: Literal["frozen", "train", "frozen_all"] = Field(
+        "frozen",
+        description="BatchNorm statistics: frozen (in the frozen parts), train (everywhere), frozen_all (also in "
+        "the parts that train; their scale and shift still learn - Keras' advice for fine-tuning)",
+    )
 
 
 def _default_phases() -> list[PhaseConfig]:

@@ -119,6 +119,21 @@ def test_unfrozen_phase_updates_batchnorm_statistics(tmp_path, photo_splits):
     assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("running_mean"))
 
 
+def test_frozen_all_keeps_statistics_while_the_backbone_learns(tmp_path, photo_splits):
+    phases = [PhaseConfig(epochs=1, train="none"), PhaseConfig(epochs=1, train="all", bn="frozen_all")]
+    module = make_module(photo_splits.classes, phases)
+    before = bn_state(module)
+    bn_weights = {n: p.clone() for n, p in module.model.backbone.named_parameters() if ".bn" in n}
+    make_trainer(tmp_path, max_epochs=2).fit(module, datamodule=datamodule(photo_splits, module))
+    assert module.plan.index == 1
+    after = bn_state(module)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    changed = [
+        n for n, p in module.model.backbone.named_parameters() if n in bn_weights and not torch.equal(p, bn_weights[n])
+    ]
+    assert len(changed) == len(bn_weights) > 0  # their scale and shift trained
+
+
 def test_resume_in_the_middle_of_phase_two_keeps_the_phase_and_optimizer(tmp_path, photo_splits):
     phases = [
         PhaseConfig(name="head", epochs=1, train="none", optimizer={"name": "rmsprop", "lr": 1e-3}),

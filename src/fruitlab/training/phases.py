@@ -1,8 +1,8 @@
 """Fine-tuning in phases: which parameters train, with which optimizer, and when the phase changes.
 
 Owned here rather than taken from Lightning's BackboneFinetuning, whose open bugs this design avoids:
-- BatchNorm of frozen parts is put in eval mode and kept there (Lightning re-enables train mode each epoch),
-  so frozen running statistics stay bit-identical;
+- BatchNorm of frozen parts (or, with `bn: frozen_all`, of every part) is put in eval mode and kept there
+  (Lightning re-enables train mode each epoch), so frozen running statistics stay bit-identical;
 - the phase index is part of the checkpoint and is re-applied *before* the optimizer is built on resume,
   so a run resumed in phase 2 neither re-freezes nor mismatches the saved optimizer state;
 - a phase change builds a fresh optimizer and scheduler for exactly the parameters that train (no param
@@ -65,7 +65,9 @@ class PhasePlan:
         self.frozen_bn = []
         for _, bn in batchnorm_modules(backbone):
             frozen = not any(p.requires_grad for p in bn.parameters(recurse=False))
-            if frozen and self.phase.bn == "frozen":
+            # frozen_all: batch statistics of small batches would replace the pretrained ones in the layers that
+            # start training: a shock to accuracy at the unfreeze, measured in benchmarks/quickstart.md
+            if (frozen and self.phase.bn == "frozen") or self.phase.bn == "frozen_all":
                 self.frozen_bn.append(bn)
             else:
                 bn.train(model.training)  # may have been held in eval mode by the previous phase
