@@ -41,6 +41,10 @@ DataDirOpt = Annotated[
     str | None,
     typer.Option("--data-dir", help="where datasets are cached (default: $FRUITLAB_DATA_DIR or ~/.cache/fruitlab)"),
 ]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option("--threshold", help="answer 'unknown' where the top probability is below this (0-1)"),
+]
 MirrorOpt = Annotated[
     str | None, typer.Option("--mirror", help="local folder holding dataset archives (default: $FRUITLAB_DATA_MIRROR)")
 ]
@@ -251,20 +255,24 @@ def predict(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 32,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    threshold: ThresholdOpt = None,
     tracking_uri: UriOpt = None,
 ) -> None:
     """Label images with a logged or registered model, using its own preprocessing and labels."""
     _env(tracking_uri, None)
     if output is not None and output.suffix.lower() not in (".csv", ".json"):
         raise FruitlabError(f"--output {output}: write .csv or .json")
+    from fruitlab.evaluation.confidence import check_threshold
     from fruitlab.serving.predict import find_images, format_prediction, load_predictor, write_predictions
+
+    check_threshold(threshold)
 
     paths = find_images(images)
     if not paths:
         raise FruitlabError(f"no image files in {', '.join(map(str, images))}")
     predictor = load_predictor(model, device=device)
     predictions = []
-    for pred in predictor.predict(paths, top_k=top_k, batch_size=batch_size):
+    for pred in predictor.predict(paths, top_k=top_k, batch_size=batch_size, threshold=threshold):
         predictions.append(pred)
         typer.echo(format_prediction(pred), err=bool(pred.error))
     if output is not None:
@@ -272,7 +280,146 @@ def predict(
     bad = sum(1 for p in predictions if p.error)
     note = f", {bad} unreadable" if bad else ""
     written = f"; written to {output}" if output else ""
+    unknown = sum(1 for p in predictions if "unknown" in p.answers.values())
+    note += f", {unknown} unknown below {threshold:g}" if threshold is not None else ""
+    note += f", temperature {predictor.temperature}" if predictor.temperature else ""
     typer.echo(f"{len(predictions) - bad} images labelled by {predictor.source}{note}{written}", err=True)
+
+
+@app.command()
+def evaluate(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a run id or a folder"
+        ),
+    ],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data", "-d", help="dataset name (fruitlab data list) or a folder: <class>/ or train/ val/ test/"
+        ),
+    ],
+    split: Annotated[
+        str | None,
+        typer.Option("--split", help="val (or valid) or test (default: val; a folder of <class>/ folders: all images)"),
+    ] = None,
+    tta: Annotated[bool, typer.Option("--tta", help="also average with mirrored images; reports the change")] = False,
+    threshold: ThresholdOpt = None,
+    fit_temperature: Annotated[
+        bool,
+        typer.Option("--fit-temperature", help="fit a temperature on the val split and store it with the model"),
+    ] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="folder for the HTML report (default: ./reports)")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 32,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    tracking_uri: UriOpt = None,
+    data_dir: DataDirOpt = None,
+    mirror: MirrorOpt = None,
+) -> None:
+    """Evaluate a model on a split: metrics, calibration, thresholds, images, Grad-CAM; an MLflow run + HTML."""
+    _env(tracking_uri, mirror)
+    from fruitlab.evaluation.confidence import check_threshold
+    from fruitlab.serving.evaldata import check_data, check_split
+
+    check_threshold(threshold)  # cheap checks before the heavy imports
+    check_split(split)
+    check_data(data)
+    from fruitlab.serving.evaluate import evaluate as run_evaluate
+
+    result = run_evaluate(
+        model,
+        data,
+        split=split,
+        tta=tta,
+        threshold=threshold,
+        fit_temp=fit_temperature,
+        out=out,
+        data_dir=data_dir,
+        device=device,
+        batch_size=batch_size,
+    )
+    typer.echo(f"{result.summary()}  ({result.seconds:.0f} s)")
+
+
+@app.command()
+def compare(
+    run_refs: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[RUN_OR_MODEL]...",
+            help="run ids (or unique prefixes), runs:/ID/model, models:/NAME@ALIAS, models:/NAME/VERSION",
+        ),
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option("--experiment", "-e", help="instead: the best finished runs of this MLflow experiment")
+    ] = None,
+    top: Annotated[int, typer.Option("--top", "-k", min=1, help="with --experiment: how many runs")] = 3,
+    metric: Annotated[
+        str | None,
+        typer.Option("--metric", help="with --experiment: rank by it (default best/val/joint/acc, else class/acc)"),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for compare-<...>.png and .html")] = Path("reports"),
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Runs side by side: metrics, key params, durations, status; learning curves as PNG and self-contained HTML."""
+    _env(tracking_uri, None)
+    from rich.console import Console
+
+    from fruitlab.tracking import runs
+    from fruitlab.tracking.compare import compare_runs
+    from fruitlab.tracking.compare_report import build_table, write_report
+
+    comparison = compare_runs(runs.tracking_uri(), run_refs, experiment, top, metric)
+    Console().print(build_table(comparison))
+    png, page = write_report(comparison, out)
+    typer.echo(f"learning curves {png}  report {page}")
+
+
+@app.command()
+def export(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a run id or a folder"
+        ),
+    ],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript")] = "onnx",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="folder, or the .onnx/.pt file (default: exports/<model>/model.onnx|pt)"),
+    ] = None,
+    check_dir: Annotated[
+        Path | None, typer.Option("--check", help="check the export on images in this folder (searched recursively)")
+    ] = None,
+    check_data: Annotated[
+        str | None,
+        typer.Option("--check-data", help="check on this dataset's val images (default: the model's own dataset)"),
+    ] = None,
+    samples: Annotated[int, typer.Option("--samples", min=1, help="images to check on, spread over the set")] = 32,
+    tolerance: Annotated[
+        float, typer.Option("--tolerance", min=0, help="largest allowed abs difference of logits and probabilities")
+    ] = 1e-4,
+    tracking_uri: UriOpt = None,
+    data_dir: DataDirOpt = None,
+    mirror: MirrorOpt = None,
+) -> None:
+    """Export a model to ONNX or TorchScript (labels and preprocessing beside it); check it against PyTorch."""
+    _env(tracking_uri, mirror)
+    from fruitlab.serving.export import export_model
+
+    result = export_model(
+        model,
+        fmt,
+        out,
+        check_dir=check_dir,
+        check_data=check_data,
+        samples=samples,
+        tolerance=tolerance,
+        data_dir=data_dir,
+    )
+    for line in result.summary():
+        typer.echo(line)
 
 
 @app.command()

@@ -566,5 +566,10 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def short_key(key: str) -> str:
+    """finetune.phases.0.optimizer.lr -> p0.lr: a flat key as a column or row header (sweep and compare tables)."""
+    return key.replace("finetune.phases.", "p").replace("optimizer.", "").replace("data.augment.", "aug.")
+
+
 def dump_yaml(exp: Experiment) -> str:
     return yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False)

@@ -28,7 +28,9 @@ from mlflow.tracking import MlflowClient
 
 from fruitlab.data.images import EXTENSION_FORMATS, open_rgb
 from fruitlab.data.transforms import build_transform, eval_resize
-from fruitlab.errors import DataError, FruitlabError, ModelError, did_you_mean
+from fruitlab.errors import DataError, FruitlabError, ModelError, TrackingError
+from fruitlab.evaluation.confidence import UNKNOWN
+from fruitlab.tracking import evaluations, refs
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 TASK = "class"  # single-task models: one task, named as in the metric names
@@ -40,6 +42,7 @@ class Prediction:
     path: str
     tasks: dict[str, list[tuple[str, float]]] = field(default_factory=dict)  # task -> [(label, prob)], best first
     error: str | None = None
+    answers: dict[str, str] = field(default_factory=dict)  # task -> top label, or `unknown` below the threshold
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Predictor:
     preprocess: dict[str, Any]
     source: str  # the URI or folder it came from
     device: str = "cpu"
+    temperature: dict[str, float] | None = None  # task -> T, fitted by `fruitlab evaluate --fit-temperature`
 
     def __post_init__(self) -> None:
         self.model = self.model.eval().to(self.device)
@@ -59,8 +63,13 @@ class Predictor:
     def multitask(self) -> bool:
         return list(self.labels) != [TASK]
 
-    def predict(self, paths: Iterable[str], top_k: int = 1, batch_size: int = 32) -> Iterator[Prediction]:
-        """One Prediction per path, in order; a file that cannot be decoded gets `error` and no labels."""
+    def predict(
+        self, paths: Iterable[str], top_k: int = 1, batch_size: int = 32, threshold: float | None = None
+    ) -> Iterator[Prediction]:
+        """One Prediction per path, in order; a file that cannot be decoded gets `error` and no labels.
+
+        `threshold`: a task whose top probability is below it answers `unknown` (Prediction.answers).
+        """
         paths = list(paths)
         with ThreadPoolExecutor(DECODE_THREADS) as pool:
             for start in range(0, len(paths), batch_size):
@@ -73,7 +82,19 @@ class Predictor:
                     if path not in row:
                         yield Prediction(path, error=str(item))
                         continue
-                    yield Prediction(path, {t: self._top(t, p[row[path]], top_k) for t, p in probs.items()})
+                    tops = {t: self._top(t, p[row[path]], top_k) for t, p in probs.items()}
+                    yield Prediction(path, tops, answers=_answers(tops, threshold))
+
+    def predict_images(self, images: list[Any], top_k: int = 1) -> list[dict[str, list[tuple[str, float]]]]:
+        """{task: [(label, prob)], best first} per decoded RGB image (PIL or HxWx3 uint8), in order, one batch.
+
+        For callers that decode and check the bytes themselves (the web app); framing and labels as predict().
+        """
+        if not images:
+            return []
+        batch = torch.stack([self.transform(np.asarray(image)) for image in images])  # (B, 3, size, size)
+        probs = self._forward(batch)
+        return [{task: self._top(task, p[i], top_k) for task, p in probs.items()} for i in range(len(images))]
 
     def _load(self, path: str) -> torch.Tensor | str:
         try:
@@ -82,18 +103,26 @@ class Predictor:
             return str(exc).removeprefix(f"cannot read image {path}: ").removesuffix("; replace or delete the file")
 
     @torch.inference_mode()
-    def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{task: (B, n_task)} raw logits on the CPU, whatever the model returns (a tensor or a dict)."""
         output = self.model(images.to(self.device))  # (B, n) or {task: (B, n_task)}
         output = output if isinstance(output, dict) else {TASK: output}
-        return {task: logits.float().softmax(-1).cpu() for task, logits in output.items()}
+        return {task: logits.float().cpu() for task, logits in output.items()}
+
+    def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        temperature = self.temperature or {}
+        return {task: (z / temperature.get(task, 1.0)).softmax(-1) for task, z in self.logits(images).items()}
 
     def _top(self, task: str, probs: torch.Tensor, k: int) -> list[tuple[str, float]]:
         values, indices = probs.topk(min(k, probs.numel()))
         return [(self.labels[task][i], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
 
 
-def load_predictor(model: str, device: str = "auto", uri: str | None = None) -> Predictor:
-    """A model by `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/ID/model`, a run id or a model folder."""
+def load_predictor(model: str, device: str = "auto", uri: str | None = None, use_temperature: bool = True) -> Predictor:
+    """A model by `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/ID/model`, a run id or a model folder.
+
+    With `use_temperature`, a temperature stored with the model (see tracking/evaluations.py) scales its logits.
+    """
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     source = resolve_model_uri(model, uri)
     if Path(source).is_dir():
@@ -103,7 +132,12 @@ def load_predictor(model: str, device: str = "auto", uri: str | None = None) -> 
             local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)
         except MlflowException as exc:
             raise ModelError(f"cannot download model {source!r}: {_first_line(exc)}") from None
-        return _from_folder(Path(local), source, device)
+        predictor = _from_folder(Path(local), source, device)
+    if use_temperature:
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri) if uri else MlflowClient()
+        stored = evaluations.load_temperature(client, evaluations.model_ref(client, source).model_id)
+        predictor.temperature = stored["values"] if stored else None
+    return predictor
 
 
 def resolve_model_uri(model: str, uri: str | None = None) -> str:
@@ -154,6 +188,8 @@ def format_prediction(pred: Prediction) -> str:
     parts = []
     for task, top in pred.tasks.items():
         labels = ", ".join(f"{label} {prob:.3f}" for label, prob in top)
+        if pred.answers.get(task) == UNKNOWN:
+            labels = f"{UNKNOWN} (best: {labels})"
         parts.append(f"{task}: {labels}" if multi else labels)
     return f"{pred.path}  " + "  ".join(parts)
 
@@ -171,6 +207,7 @@ def write_predictions(predictions: list[Prediction], output: Path) -> None:
             else {
                 "path": p.path,
                 "tasks": {t: [{"label": lb, "probability": pr} for lb, pr in top] for t, top in p.tasks.items()},
+                "answers": p.answers,
             }
             for p in predictions
         ]
@@ -178,16 +215,21 @@ def write_predictions(predictions: list[Prediction], output: Path) -> None:
         return
     with output.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "task", "rank", "label", "probability", "error"])
+        writer.writerow(["path", "task", "rank", "label", "probability", "error", "answer"])
         for p in predictions:
             if p.error:
-                writer.writerow([p.path, "", "", "", "", p.error])
+                writer.writerow([p.path, "", "", "", "", p.error, ""])
             for task, top in p.tasks.items():
                 for rank, (label, prob) in enumerate(top, 1):
-                    writer.writerow([p.path, task, rank, label, f"{prob:.6f}", ""])
+                    writer.writerow([p.path, task, rank, label, f"{prob:.6f}", "", p.answers.get(task, label)])
 
 
 # ------------------------------------------------------------------------------------------------ internals
+def _answers(tops: dict[str, list[tuple[str, float]]], threshold: float | None) -> dict[str, str]:
+    """The top label per task, or `unknown` when its probability is below the threshold."""
+    return {t: top[0][0] if threshold is None or top[0][1] >= threshold else UNKNOWN for t, top in tops.items()}
+
+
 def _from_folder(folder: Path, source: str, device: str) -> Predictor:
     labels = _read_json(folder, "labels.json", source)
     preprocess = _read_json(folder, "preprocessing.json", source)
@@ -222,28 +264,12 @@ def _read_json(folder: Path, name: str, source: str) -> Any:
 
 def _check_registered(client: MlflowClient, uri: str) -> None:
     """models:/NAME@ALIAS and models:/NAME/VERSION: the name, alias or version exists, else say what does."""
-    ref = uri.removeprefix("models:/")
-    if ref.startswith("m-"):
+    if uri.removeprefix("models:/").startswith("m-"):
         return  # a logged model id (MLflow 3): the download says if it is wrong
-    name, alias = ref.split("@", 1) if "@" in ref else (ref.split("/", 1)[0], None)
-    version = ref.split("/", 1)[1] if "@" not in ref and "/" in ref else None
     try:
-        registered = client.get_registered_model(name)
-    except MlflowException:
-        known = [m.name for m in client.search_registered_models()]
-        raise ModelError(
-            f"no registered model {name!r}{did_you_mean(name, known)} (registered: {', '.join(known) or 'none'}); "
-            "register one with `fruitlab promote -e EXPERIMENT`"
-        ) from None
-    aliases = dict(registered.aliases or {})
-    if alias is not None and alias not in aliases:
-        listing = ", ".join(f"{a} (version {v})" for a, v in aliases.items()) or "none"
-        raise ModelError(f"model {name!r} has no alias {alias!r}{did_you_mean(alias, aliases)} (aliases: {listing})")
-    if version is not None:
-        try:
-            client.get_model_version(name, version)
-        except MlflowException:
-            raise ModelError(f"model {name!r} has no version {version!r}") from None
+        refs.model_version(client, uri)
+    except TrackingError as exc:
+        raise ModelError(str(exc)) from None
 
 
 def _first_line(exc: BaseException) -> str:

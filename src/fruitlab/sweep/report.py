@@ -12,7 +12,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
-from fruitlab.sweep.space import short_key
+from fruitlab.config import short_key
 from fruitlab.sweep.storage import INTERRUPTED_ATTR, RETRY_ATTR
 from fruitlab.tracking import runs
 

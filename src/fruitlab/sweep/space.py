@@ -131,11 +131,6 @@ def config_hash(exp: Experiment) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def short_key(key: str) -> str:
-    """finetune.phases.0.optimizer.lr -> p0.lr: column headers for the trial table."""
-    return key.replace("finetune.phases.", "p").replace("optimizer.", "").replace("data.augment.", "aug.")
-
-
 # ------------------------------------------------------------------------------------------------ internals
 _MISSING = object()
 
