@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dataset archives are taken from a local mirror when one exists (CI and offline machines), else downloaded.
 export FRUITLAB_DATA_MIRROR ?= $(wildcard $(abspath ../shared/datasets))
 
-.PHONY: install demo test test-fast lint format ui
+.PHONY: install demo test test-fast lint format ui browser
 
 install: $(VENV)/.installed
 
@@ -24,8 +24,14 @@ lint: install
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports
 
-test: lint
+test: lint browser
 	$(BIN)/pytest
+
+# The real-browser tests drive Debian's chromium through chromedriver; install them once if they are missing.
+browser:
+	@test -x /usr/bin/chromedriver || { echo "installing Debian's chromium + chromium-driver for the browser tests"; \
+	  apt-get install -y -q chromium chromium-driver >/dev/null || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"

@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Datasets: list, fetch, check.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+predictions_app = typer.Typer(help="The prediction log of `fruitlab serve`: export.", no_args_is_help=True)
+app.add_typer(predictions_app, name="predictions")
 
 ExperimentOpt = Annotated[
     str, typer.Option("--experiment", "-e", help="experiment name (experiments/NAME.yaml) or path")
@@ -493,6 +495,104 @@ def data_check(
     written = save_report(report, folder)
     seconds = ", ".join(f"{stage} {t:.1f} s" for stage, t in report.seconds.items())
     typer.echo(f"saved {', '.join(str(p) for p in written.values())}  ({seconds})")
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="models:/NAME@champion (followed when the alias moves), models:/NAME/VERSION, a run id or a folder",
+        ),
+    ],
+    db: Annotated[
+        str, typer.Option("--db", help="prediction log: a SQLAlchemy URL, e.g. postgresql://user@host/db, or a file")
+    ] = "sqlite:///predictions.db",
+    host: Annotated[str, typer.Option(help="interface to listen on (0.0.0.0: every interface)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = 8000,
+    poll: Annotated[
+        str,
+        typer.Option(
+            "--poll",
+            help="look for a new version of the alias this often, e.g. 30s, 5m; 0 = only on POST /admin/reload",
+        ),
+    ] = "0",
+    wait_for_model: Annotated[
+        bool,
+        typer.Option(
+            "--wait-for-model", help="start without the model and load it once it exists (/ready: 503 until then)"
+        ),
+    ] = False,
+    max_mb: Annotated[float, typer.Option("--max-mb", help="largest upload per file, MB (413 beyond)")] = 8.0,
+    max_files: Annotated[int, typer.Option("--max-files", help="images per request")] = 8,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", help="width x height per image (decompression bombs: 413)")
+    ] = 40_000_000,
+    concurrency: Annotated[int, typer.Option("--concurrency", help="requests predicted at once")] = 2,
+    queue: Annotated[
+        int, typer.Option("--queue", help="requests waiting beyond those; more get 503 + Retry-After")
+    ] = 16,
+    device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="one log line per request")] = True,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Serve a model: upload page, dashboard, JSON API; every answered prediction is logged to --db."""
+    _env(tracking_uri, None)
+    from fruitlab.serving.settings import ServeSettings, parse_seconds
+
+    settings = ServeSettings(
+        model=model,
+        db=db,
+        tracking_uri=tracking_uri,
+        poll_seconds=parse_seconds(poll),
+        wait_for_model=wait_for_model,
+        device=device,
+        max_bytes=int(max_mb * 2**20),
+        max_files=max_files,
+        max_pixels=max_pixels,
+        concurrency=concurrency,
+        queue=queue,
+    )
+    from fruitlab.serving.log import normalize_url
+
+    normalize_url(db)  # a malformed URL fails here, before torch and MLflow are imported
+    from fruitlab.serving.app import run_server
+
+    run_server(settings, host, port, access_log=access_log)
+
+
+@predictions_app.command("export")
+def predictions_export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="file to write")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="csv or parquet")] = "csv",
+    db: Annotated[
+        str, typer.Option("--db", help="the prediction log (as given to serve --db)")
+    ] = "sqlite:///predictions.db",
+) -> None:
+    """Write every logged prediction to CSV or Parquet (labels and probabilities as JSON text)."""
+    from fruitlab.serving.log import PredictionLog, normalize_url
+
+    if fmt not in ("csv", "parquet"):
+        raise FruitlabError(f"--format {fmt!r}: choose csv or parquet")
+    if db.startswith("sqlite") or "://" not in db:
+        _existing_sqlite(normalize_url(db))
+    log = PredictionLog(db)
+    try:
+        count = log.export(out, fmt)
+    finally:
+        log.close()
+    typer.echo(f"{count} predictions from {log.shown_url} written to {out}")
+
+
+def _existing_sqlite(url: str) -> None:
+    """Exporting must not create an empty log where a typo points."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if database and database != ":memory:" and not Path(database).is_file():
+        raise FruitlabError(f"--db {url}: no such SQLite file ({Path(database).resolve()})")
 
 
 def _env(tracking_uri: str | None, mirror: str | None) -> None:

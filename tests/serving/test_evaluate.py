@@ -23,6 +23,7 @@ from PIL import Image
 from fruitlab.evaluation.html import SECTIONS
 from fruitlab.serving.predict import find_images, load_predictor
 from fruitlab.tracking import evaluations, runs
+from tests.browser import chromium
 from tests.conftest import real_photo_crops
 from tests.test_cli import assert_clean_error, run
 from tests.tracking.helpers import TASKS, logged_run
@@ -264,20 +265,9 @@ def test_bad_input_gives_one_line_errors(store, tmp_path):
 
 def screenshot(html: Path, png: Path) -> dict[str, object]:
     """Open the report in headless Chromium (file://, no server), check it, save a full-page PNG; what it saw."""
-    import shutil
-
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    browser, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
-    assert browser and driver_path, "install Debian's chromium and chromium-driver (apt-get install chromium-driver)"
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(driver_path))
-    try:
+    with chromium(width=1280, height=900) as driver:
         driver.get(html.resolve().as_uri())
         seen = {}
         for key in SECTIONS:
@@ -292,8 +282,6 @@ def screenshot(html: Path, png: Path) -> dict[str, object]:
         metrics = {"width": 1280, "height": height, "deviceScaleFactor": 1, "mobile": False}
         driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
         driver.save_screenshot(str(png))
-    finally:
-        driver.quit()
     return {"sections": seen, "images": images, "height": height}
 
 

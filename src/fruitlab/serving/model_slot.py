@@ -1,0 +1,119 @@
+"""The model that answers requests, and how it is replaced when the registry's alias moves.
+
+A reload resolves the alias (`models:/NAME@champion`) to a version; when that differs from the loaded one, the new
+version is downloaded, loaded beside the old one and run once (warm-up), then put in place by one reference
+assignment. A request takes the model once, when it starts, and keeps it to the end: requests in flight finish on
+the old version, later ones get the new, and each logged row names the version that answered it. The new version is
+loaded by its number (`models:/NAME/VERSION`), so an alias that moves again during the download cannot mix two.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from fruitlab.errors import ModelError
+from fruitlab.serving.predict import RUN_ID, Predictor, load_predictor, resolve_model_uri
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    predictor: Predictor
+    name: str  # registered model name (or the run id / folder for unregistered models)
+    version: str  # registry version; "run" or "local" for unregistered models
+    uri: str  # what was loaded: models:/NAME/VERSION, runs:/ID/model or a folder
+    loaded_at: datetime
+
+    def describe(self) -> dict[str, str]:
+        return {"name": self.name, "version": self.version, "uri": self.uri, "loaded_at": _iso(self.loaded_at)}
+
+
+@dataclass(frozen=True)
+class Reload:
+    changed: bool
+    current: LoadedModel
+    previous_version: str | None
+
+    def describe(self) -> dict[str, object]:
+        return {"changed": self.changed, "previous_version": self.previous_version, "model": self.current.describe()}
+
+
+class ModelSlot:
+    def __init__(self, reference: str, tracking_uri: str | None = None, device: str = "cpu") -> None:
+        self.reference = reference
+        self.tracking_uri = tracking_uri
+        self.device = device
+        self.last_error: str | None = None
+        self._current: LoadedModel | None = None
+        self._lock = threading.Lock()  # one reload at a time; requests never take it
+
+    @property
+    def current(self) -> LoadedModel | None:
+        return self._current
+
+    @property
+    def follows_alias(self) -> bool:
+        return self.reference.startswith("models:/") and "@" in self.reference
+
+    def reload(self) -> Reload:
+        """Load what the reference names now, unless that is what is loaded; ModelError when it cannot."""
+        with self._lock:
+            try:
+                name, version, uri = self._resolve()
+                before = self._current
+                if before is not None and (before.name, before.version) == (name, version):
+                    self.last_error = None
+                    return Reload(False, before, before.version)
+                predictor = load_predictor(uri, device=self.device, uri=self.tracking_uri)  # beside the old one
+                _warm_up(predictor)
+            except ModelError as exc:
+                self.last_error = str(exc)
+                raise
+            self._current = LoadedModel(predictor, name, version, uri, datetime.now(UTC))  # the swap
+            self.last_error = None
+        if before is not None:
+            log.info("model %s: version %s replaces version %s", name, version, before.version)
+        return Reload(True, self._current, before.version if before else None)
+
+    def _resolve(self) -> tuple[str, str, str]:
+        """(name, version, URI to load) of what the reference names at this moment."""
+        source = resolve_model_uri(self.reference, self.tracking_uri)  # clear errors for unknown names/aliases
+        if RUN_ID.fullmatch(self.reference):
+            return self.reference, "run", source
+        if not source.startswith("models:/"):
+            if source.startswith("runs:/"):
+                return source.split("/")[1], "run", source
+            return Path(source).name, "local", source
+        ref = source.removeprefix("models:/")
+        if "/" not in ref and "@" not in ref:  # a logged model id (MLflow 3: m-...)
+            return ref, "logged", source
+        if "@" not in ref:
+            name, version = ref.split("/", 1)
+            return name, version, source
+        name, alias = ref.split("@", 1)
+        uri = self.tracking_uri
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri) if uri else MlflowClient()
+        try:
+            version = str(client.get_model_version_by_alias(name, alias).version)
+        except MlflowException as exc:
+            raise ModelError(f"cannot resolve {source}: {str(exc).strip().splitlines()[0]}") from None
+        return name, version, f"models:/{name}/{version}"
+
+
+def _warm_up(predictor: Predictor) -> None:
+    """One forward pass before the swap: the first request would otherwise pay the backend's set-up (seconds)."""
+    side = int(predictor.preprocess["input_size"])
+    predictor.predict_images([Image.new("RGB", (side, side), (128, 128, 128))])
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,95 @@
+"""Checking uploaded files before anything is predicted: size, declared type, real content, pixel count, decoding.
+
+Each check fails with the HTTP status that says what is wrong: 413 (too large: bytes, or pixels - a decompression
+bomb is a small file that claims a huge image), 415 (not an image: the declared type or the content), 422 (an
+image that cannot be decoded, e.g. truncated). The pixel count is read from the header, before any pixel is
+decoded, and only a few common formats are accepted (PIL can open formats that run external programs, such as
+EPS). The bytes stay in memory; a client-supplied file name is only echoed back, never used as a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+from PIL import Image
+
+from fruitlab.data.images import open_rgb
+from fruitlab.errors import DataError, FruitlabError
+
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "MPO")  # MPO: phone JPEGs holding several pictures
+NAME_LENGTH = 120
+GENERIC_TYPES = ("", "application/octet-stream", "binary/octet-stream")  # what a client sends when it does not know
+
+
+class UploadError(FruitlabError):
+    """An uploaded file is refused; `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Upload:
+    name: str  # shown in messages and answers only
+    content_type: str | None
+    data: bytes
+
+
+@dataclass
+class CheckedImage:
+    name: str
+    sha256: str
+    bytes: int
+    width: int
+    height: int
+    format: str
+    image: Image.Image  # RGB, EXIF rotation applied; JPEGs decoded at a reduced scale when that still covers min_side
+
+
+def safe_name(name: str | None, index: int) -> str:
+    """A printable, bounded name for messages: the last path component of what the client sent."""
+    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if ch.isprintable())[:NAME_LENGTH]
+    return base or f"file {index + 1}"
+
+
+def check_upload(upload: Upload, *, max_bytes: int, max_pixels: int, min_side: int | None) -> CheckedImage:
+    """The decoded image, or UploadError with the status and a message naming the file."""
+    name = repr(upload.name)
+    size = len(upload.data)
+    if size > max_bytes:
+        raise UploadError(413, f"{name} is {_mb(size)}; the limit is {_mb(max_bytes)} per file")
+    if size == 0:
+        raise UploadError(422, f"{name} is empty (0 bytes)")
+    declared = (upload.content_type or "").split(";")[0].strip().lower()
+    if declared not in GENERIC_TYPES and not declared.startswith("image/"):
+        raise UploadError(415, f"{name} was sent as {declared!r}, not as an image (accepted: {', '.join(FORMATS)})")
+    try:
+        with Image.open(io.BytesIO(upload.data), formats=FORMATS) as header:  # reads the header only
+            fmt, (width, height) = header.format or "?", header.size
+    except Image.DecompressionBombError as exc:  # more than twice PIL's MAX_IMAGE_PIXELS: refused by PIL itself
+        raise UploadError(413, f"{name} is refused as a decompression bomb: {exc}") from None
+    except Exception:  # UnidentifiedImageError, or a header so broken that a plugin fails on it
+        raise UploadError(
+            415, f"{name} is not an image (its content is none of {', '.join(FORMATS)}, whatever its name or type)"
+        ) from None
+    if width * height > max_pixels:
+        raise UploadError(
+            413,
+            f"{name} claims {width} x {height} = {width * height:,} pixels, more than the limit of {max_pixels:,} "
+            "(a decompression bomb, or a photo to shrink first)",
+        )
+    try:
+        image = open_rgb(io.BytesIO(upload.data), min_side)  # the full decode: a truncated file fails here
+    except DataError as exc:
+        reason = str(exc).split(": ", 1)[-1].removesuffix("; replace or delete the file")
+        raise UploadError(422, f"{name} is a {fmt} image that cannot be decoded: {reason}") from None
+    digest = hashlib.sha256(upload.data).hexdigest()
+    return CheckedImage(upload.name, digest, size, width, height, fmt, image)
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n:,} bytes"

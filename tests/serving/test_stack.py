@@ -1,0 +1,185 @@
+"""Deployment: docker-compose.yml names the commands in stack.py, and that topology runs as plain processes.
+
+Docker cannot run here, so the slow test starts what the compose file starts: `mlflow server` on a fresh PostgreSQL
+database with a temp artifacts folder, `fruitlab fit` of a tiny model logging to it over HTTP, `fruitlab promote`,
+and `fruitlab serve` (waiting for the champion, prediction log on PostgreSQL); then real photos are posted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from fruitlab.serving.log import Filters, PredictionLog
+from tests.conftest import REPO, SMOKE_EXPERIMENT
+from tests.serving import stack
+from tests.serving.conftest import free_port
+
+BIN = Path(sys.executable).parent
+
+
+def compose() -> dict:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def test_compose_names_the_stack_commands():
+    services = compose()["services"]
+    values = stack.COMPOSE
+    assert services["mlflow"]["command"] == stack.mlflow_server(
+        values["mlflow_db"], stack.ARTIFACTS, "0.0.0.0", stack.MLFLOW_PORT, values["allowed_hosts"]
+    )
+    assert f"mlartifacts:{stack.ARTIFACTS}" in services["mlflow"]["volumes"]
+    app = services["app"]
+    assert app["command"] == stack.serve(values["log_db"], "0.0.0.0", stack.APP_PORT, values["poll"])
+    assert app["environment"] == stack.app_env(values["tracking_uri"])
+    assert f"{stack.APP_PORT}:{stack.APP_PORT}" in app["ports"]
+    train = services["train"]
+    assert train["command"] == ["sh", "-c", stack.train_script(values["experiment"])]
+    assert train["environment"]["MLFLOW_TRACKING_URI"] == values["tracking_uri"]
+    assert (REPO / "experiments" / f"{values['experiment']}.yaml").is_file()
+
+    # the databases the URLs name exist: POSTGRES_DB for MLflow, the init script for the log
+    pg = services["postgres"]["environment"]
+    assert values["mlflow_db"].endswith(f"@postgres:5432/{pg['POSTGRES_DB']}")
+    assert f"{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}@postgres" in values["log_db"]
+    initdb = services["postgres"]["volumes"][1].split(":")[0]
+    init_sql = "".join(p.read_text() for p in sorted((REPO / initdb).glob("*.sql")))
+    assert f"CREATE DATABASE {values['log_db'].rsplit('/', 1)[1]} " in init_sql
+    assert set(services["app"]["depends_on"]) == {"postgres", "mlflow"}
+
+
+def test_the_dockerfile_installs_with_the_constraints_and_runs_serve():
+    lines = (REPO / "Dockerfile").read_text().splitlines()  # instructions start at column 0
+    assert next(line for line in lines if line.startswith("FROM ")).startswith("FROM python:3.11-slim")
+    install = next(line for line in lines if line.startswith("RUN pip install"))
+    assert "-c constraints.txt ." in install
+    cmd = json.loads(next(line for line in lines if line.startswith("CMD ")).removeprefix("CMD "))
+    assert cmd[:4] == ["fruitlab", "serve", "--model", stack.MODEL]
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    assert compose()["services"]["mlflow"]["build"] == "."
+
+
+@pytest.fixture
+def pg_databases():
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
+    conn.autocommit = True
+    names = [f"fruitlab_test_{kind}_{uuid.uuid4().hex[:10]}" for kind in ("mlflow", "predictions")]
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield (
+            f"postgresql+psycopg2://postgres@127.0.0.1:5432/{names[0]}",  # as compose gives MLflow (driver named)
+            f"postgresql://postgres@127.0.0.1:5432/{names[1]}",  # as compose gives the app
+        )
+    finally:
+        with conn.cursor() as cur:
+            for name in names:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()
+
+
+def local(cmd: list[str]) -> list[str]:
+    return [str(BIN / cmd[0]), *cmd[1:]]
+
+
+def wait_for(url: str, process: subprocess.Popen, seconds: float) -> requests.Response:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{process.args[:3]} exited: {process.stderr.read()[-3000:]}"
+        try:
+            answer = requests.get(url, timeout=5)
+            if answer.status_code == 200:
+                return answer
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} did not answer 200 within {seconds} s")
+
+
+def stop(process: subprocess.Popen) -> str:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.stderr.read()
+
+
+@pytest.mark.slow
+def test_the_stack_as_processes(tmp_path, fruit_data_dir, fruit_photos, pg_databases):
+    mlflow_db, log_db = pg_databases
+    mlflow_port, app_port = free_port(), free_port()
+    tracking = f"http://127.0.0.1:{mlflow_port}"
+    experiments = tmp_path / "experiments"
+    experiments.mkdir()
+    (experiments / "tinyfruit.yaml").write_text(SMOKE_EXPERIMENT)
+    env = {
+        # MLflow's set_tracking_uri/set_registry_uri export MLFLOW_* to the environment: earlier tests' stores must
+        # not leak into these processes (a registry URI from another test would win over the tracking server)
+        **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+        **stack.app_env(tracking),
+        "FRUITLAB_DATA_DIR": str(fruit_data_dir),
+        "FRUITLAB_EXPERIMENTS": str(experiments),
+    }
+    artifacts = tmp_path / "mlartifacts"
+    allowed = f"127.0.0.1:{mlflow_port},localhost:{mlflow_port}"
+    server_cmd = stack.mlflow_server(mlflow_db, str(artifacts), "127.0.0.1", mlflow_port, allowed)
+
+    def start(cmd: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(
+            local(cmd), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    server = start(server_cmd)
+    app = start(stack.serve(log_db, "127.0.0.1", app_port, "1s"))  # before any model exists, as in compose
+    try:
+        wait_for(f"{tracking}/health", server, 120)
+        wait_for(f"http://127.0.0.1:{app_port}/health", app, 120)
+        assert requests.get(f"http://127.0.0.1:{app_port}/ready", timeout=5).status_code == 503
+
+        for cmd in (stack.fit("tinyfruit"), stack.promote("tinyfruit")):  # the train service's two steps
+            done = subprocess.run(local(cmd), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+            assert done.returncode == 0, done.stderr[-3000:]
+        assert "champion" in done.stdout and f"models:/{stack.MODEL_NAME}/1" in done.stdout
+        model_files = {p.name for p in artifacts.rglob("*") if p.is_file()}
+        assert {"MLmodel", "labels.json", "preprocessing.json", "model.pth"} <= model_files  # stored via HTTP
+
+        ready = wait_for(f"http://127.0.0.1:{app_port}/ready", app, 120).json()  # the poller found the champion
+        assert ready["model"]["name"] == stack.MODEL_NAME and ready["model"]["version"] == "1"
+        url = f"http://127.0.0.1:{app_port}/predict"
+        batch = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in fruit_photos[:3]]
+        answers = [requests.post(url, files=batch, data={"tag": "stack"}, timeout=60)]
+        for photo in fruit_photos[3:6]:
+            single = [("files", (photo.name, photo.read_bytes(), "image/jpeg"))]
+            answers.append(requests.post(url, files=single, data={"tag": "stack"}, timeout=60))
+        assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
+        labels = [p["label"] for a in answers for p in a.json()["predictions"]]
+    finally:
+        app_log = stop(app)
+        stop(server)
+    assert "Traceback" not in app_log
+
+    log = PredictionLog(log_db)
+    try:
+        total, rows = log.page(Filters(tag="stack"))
+    finally:
+        log.close()
+    assert total == 6
+    assert {(r["model_name"], r["model_version"]) for r in rows} == {(stack.MODEL_NAME, "1")}
+    assert sorted(r["label"] for r in rows) == sorted(labels)
+    assert {r["sha256"] for r in rows} == {hashlib.sha256(p.read_bytes()).hexdigest() for p in fruit_photos[:6]}
