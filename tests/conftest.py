@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -96,3 +98,37 @@ def sigint_default() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+PG_SERVER = "postgres@127.0.0.1:5432"
+
+
+@contextmanager
+def fresh_pg_databases(*kinds: str) -> Iterator[list[str]]:
+    """One new PostgreSQL database per kind (fruitlab_test_<kind>_<random>), dropped afterwards; yields the names.
+
+    The machine's PostgreSQL (trust auth): an unreachable server fails the test with how to start it.
+    """
+    import uuid
+
+    import psycopg2
+
+    try:
+        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at 127.0.0.1:5432 ({str(exc).strip()}); start it with "
+            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
+        )
+    conn.autocommit = True
+    names = [f"fruitlab_test_{kind}_{uuid.uuid4().hex[:12]}" for kind in kinds]
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield names
+    finally:
+        with conn.cursor() as cur:
+            for name in names:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.close()

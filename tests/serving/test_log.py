@@ -14,6 +14,7 @@ import requests
 from fruitlab.errors import FruitlabError
 from fruitlab.serving.app import create_app
 from fruitlab.serving.log import Filters, LogError, PredictionLog, normalize_url
+from tests.conftest import fresh_pg_databases
 from tests.serving.conftest import live_server, settings_for
 from tests.test_cli import assert_clean_error, run
 
@@ -24,25 +25,8 @@ REQUESTS, CLIENTS = 40, 8
 @pytest.fixture
 def pg_url():
     """A fresh PostgreSQL database for one test, dropped afterwards (the URL as a user writes it)."""
-    import psycopg2
-
-    try:
-        conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable at 127.0.0.1:5432 ({str(exc).strip()}); start it with "
-            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
-        )
-    conn.autocommit = True
-    name = f"fruitlab_test_log_{uuid.uuid4().hex[:12]}"
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with fresh_pg_databases("log") as (name,):
         yield f"{PG}/{name}"
-    finally:
-        with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
 
 
 def concurrent_requests(url: str, photos, tag: str) -> list[requests.Response]:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ import requests
 import yaml
 
 from fruitlab.serving.log import Filters, PredictionLog
-from tests.conftest import REPO, SMOKE_EXPERIMENT
+from tests.conftest import PG_SERVER, REPO, SMOKE_EXPERIMENT, fresh_pg_databases
 from tests.serving import stack
 from tests.serving.conftest import free_port
 
@@ -72,24 +71,11 @@ def test_the_dockerfile_installs_with_the_constraints_and_runs_serve():
 
 @pytest.fixture
 def pg_databases():
-    import psycopg2
-
-    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
-    conn.autocommit = True
-    names = [f"fruitlab_test_{kind}_{uuid.uuid4().hex[:10]}" for kind in ("mlflow", "predictions")]
-    with conn.cursor() as cur:
-        for name in names:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with fresh_pg_databases("mlflow", "predictions") as (mlflow_db, log_db):
         yield (
-            f"postgresql+psycopg2://postgres@127.0.0.1:5432/{names[0]}",  # as compose gives MLflow (driver named)
-            f"postgresql://postgres@127.0.0.1:5432/{names[1]}",  # as compose gives the app
+            f"postgresql+psycopg2://{PG_SERVER}/{mlflow_db}",  # as compose gives MLflow (driver named)
+            f"postgresql://{PG_SERVER}/{log_db}",  # as compose gives the app
         )
-    finally:
-        with conn.cursor() as cur:
-            for name in names:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
 
 
 def local(cmd: list[str]) -> list[str]:

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from tests.conftest import SMOKE_EXPERIMENT, write_experiment
+from tests.conftest import PG_SERVER, SMOKE_EXPERIMENT, fresh_pg_databases, write_experiment
 from tests.test_cli import FRUITLAB
 
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 TRIALS = 4
 SWEEP = (
     SMOKE_EXPERIMENT
@@ -35,31 +33,9 @@ sweep:
 
 @pytest.fixture
 def databases():
-    import psycopg2
-
-    try:
-        conn = psycopg2.connect(dbname="postgres", connect_timeout=5, **PG)
-    except psycopg2.OperationalError as exc:
-        pytest.fail(
-            f"PostgreSQL is not reachable at 127.0.0.1:5432 ({str(exc).strip()}); start it with "
-            "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`"
-        )
-    conn.autocommit = True
-    names = [f"fruitlab_test_{kind}_{uuid.uuid4().hex[:12]}" for kind in ("optuna", "mlflow")]
-    with conn.cursor() as cur:
-        for name in names:
-            cur.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with fresh_pg_databases("optuna", "mlflow") as (study_db, mlflow_db):
         # The study URL as a user writes it; MLflow is given the driver (SQLAlchemy 2.1's default is psycopg 3).
-        yield [
-            f"postgresql://postgres@127.0.0.1:5432/{names[0]}",
-            f"postgresql+psycopg2://postgres@127.0.0.1:5432/{names[1]}",
-        ]
-    finally:
-        with conn.cursor() as cur:
-            for name in names:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.close()
+        yield [f"postgresql://{PG_SERVER}/{study_db}", f"postgresql+psycopg2://{PG_SERVER}/{mlflow_db}"]
 
 
 @pytest.mark.slow
