@@ -291,6 +291,33 @@ class PerformanceConfig(Strict):
     channels_last: bool = Field(
         True, description="NHWC memory format: 1.3-2x faster convolutions on this CPU (oneDNN) and on GPUs"
     )
+    image_cache: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="decode and shrink each image file once to the size the transforms resize it to, kept on disk "
+        "($FRUITLAB_CACHE_DIR/images, else ~/.cache/fruitlab/images) for every epoch, run and trial; auto: where "
+        "the pixels are the same (no random resized crop); on: also with crops, from twice that size",
+    )
+    feature_cache: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: a phase whose frozen part (the whole backbone, or its first stages) is deterministic and "
+        "whose training images are not augmented or only flipped runs that part once per image and view, and "
+        "trains the rest on the cached output (exact; training/featurecache.py says when it applies)",
+    )
+    feature_cache_views: int = Field(
+        0,
+        ge=0,
+        description="with augmentation beyond flips: train cached phases on K augmented views per image, computed "
+        "once (approximate: K fixed draws instead of a new one each epoch); 0 = such phases are not cached",
+    )
+    feature_cache_max_gb: float = Field(
+        4.0, gt=0, description="largest cache kept in memory for one phase (train views + val); larger is not cached"
+    )
+    feature_cache_disk_gb: float = Field(
+        20.0,
+        gt=0,
+        description="the feature cache folder ($FRUITLAB_CACHE_DIR/features, else ~/.cache/fruitlab/features) "
+        "keeps its most recently used files up to this size; delete the folder to empty it",
+    )
 
 
 class TrackingConfig(Strict):

@@ -1,18 +1,28 @@
-"""Datasets and the LightningDataModule over a loaded `DatasetSplits`."""
+"""Datasets and the LightningDataModule over a loaded `DatasetSplits`.
+
+Shuffling is seeded per epoch (torch's DistributedSampler with one replica: permutation = f(seed, epoch)) and every
+loader has its own generator, so the batches of an epoch do not depend on how loaders were created or reused: a
+phase served from the feature cache (training/featurecache.py) sees the same batches as the uncached run, and a
+resumed run the same as an uninterrupted one.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 
 from fruitlab.config import DataConfig
 from fruitlab.data.balance import sample_weights
 from fruitlab.data.images import load_rgb_array
 from fruitlab.data.transforms import Transform, build_transform, eval_resize
+
+log = logging.getLogger(__name__)
 
 
 class ImageDataset(Dataset):
@@ -55,36 +65,82 @@ def _one_thread_per_worker(worker_id: int) -> None:
 
 
 class ImageDataModule(L.LightningDataModule):
-    """Loaders for the splits; the train split alone is augmented."""
+    """Loaders for the splits; the train split alone is augmented.
 
-    def __init__(self, splits: Any, cfg: DataConfig, preprocess: dict[str, Any], seed: int = 42):
+    `image_cache`: auto / on / off, see `PerformanceConfig.image_cache` (data/presized.py).
+    """
+
+    def __init__(
+        self, splits: Any, cfg: DataConfig, preprocess: dict[str, Any], seed: int = 42, image_cache: str = "off"
+    ):
         super().__init__()
         self.splits, self.cfg, self.preprocess, self.seed = splits, cfg, preprocess, seed
         self.classes: list[str] = list(splits.classes)
+        self.image_cache = image_cache
+        self._image_loaders: dict[tuple[str, bool], DataLoader] = {}
+        self._presized: dict[tuple[str, int], Any] = {}
 
     def dataset(self, split: str, augment: bool = False) -> ImageDataset:
         part = self.splits.splits[split]
         transform = build_transform(self.preprocess, self.cfg.augment if augment else None, self.cfg.augment_backend)
         targets = part.targets if getattr(self.splits, "multitask", False) else None
-        return ImageDataset(part.items, part.labels, transform, min_side=eval_resize(self.preprocess), targets=targets)
+        items = self.presized(split, augment)
+        return ImageDataset(items, part.labels, transform, min_side=eval_resize(self.preprocess), targets=targets)
+
+    def presized(self, split: str, augment: bool) -> Any:
+        """The split's images from the pre-sized image cache (built on first use), or its items as they are.
+
+        auto: where exact - files (not in-memory arrays) framed as in evaluation; a random resized crop cuts from
+        the full image, so it gets the cache only with `on`, at twice the size (margin for crops).
+        """
+        items = self.splits.splits[split].items
+        if self.image_cache == "off" or not items or isinstance(items[0], np.ndarray):
+            return items
+        crops = augment and self.cfg.augment.random_resized_crop is not None
+        if crops and self.image_cache == "auto":
+            return items
+        side = eval_resize(self.preprocess) * (2 if crops else 1)
+        if (split, side) not in self._presized:
+            from fruitlab.data.presized import PresizedImages
+
+            images = PresizedImages(items, side, self.preprocess["interpolation"], self.cfg.augment_backend)
+            self._presized[(split, side)] = images.build()
+        return self._presized[(split, side)]
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         cfg = self.cfg
         workers = resolve_workers(cfg.num_workers)
         generator = torch.Generator().manual_seed(self.seed)
-        sampler = self.balanced_sampler(split, generator) if train and cfg.balance == "sampler" else None
+        dataset = self.dataset(split, augment=train)
+        sampler = self._train_sampler(dataset) if train else None
         return DataLoader(
-            self.dataset(split, augment=train),
-            batch_size=cfg.batch_size if train else (cfg.eval_batch_size or 2 * cfg.batch_size),
+            dataset,
+            batch_size=cfg.batch_size if train else self.eval_batch_size,
             shuffle=train and sampler is None,
             sampler=sampler,
             drop_last=False,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
-            generator=generator if train else None,
+            generator=generator,  # also seeds the workers; the global RNG (dropout) is left alone
             worker_init_fn=_one_thread_per_worker if workers else None,
         )
+
+    @property
+    def eval_batch_size(self) -> int:
+        return self.cfg.eval_batch_size or 2 * self.cfg.batch_size
+
+    def _train_sampler(self, dataset: Dataset) -> Any:
+        generator = torch.Generator().manual_seed(self.seed)
+        if self.cfg.balance == "sampler":
+            return self.balanced_sampler("train", generator)
+        if self._world_size() > 1:
+            return None  # Lightning puts its DistributedSampler in, one shard per process
+        return DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=self.seed, drop_last=False)
+
+    def _world_size(self) -> int:
+        trainer = getattr(self, "trainer", None)
+        return int(trainer.world_size) if trainer is not None else 1
 
     def balanced_sampler(self, split: str, generator: torch.Generator) -> WeightedRandomSampler:
         """data.balance: sampler - each class drawn equally often (with replacement); an epoch is len(split) draws."""
@@ -95,11 +151,18 @@ class ImageDataModule(L.LightningDataModule):
     def has_split(self, split: str) -> bool:
         return split in self.splits.splits
 
+    def images(self, split: str, train: bool) -> DataLoader:
+        """The image loader of a split, made once: Lightning may ask every epoch (reload_dataloaders_every_n_epochs)
+        and persistent workers should outlive the epoch."""
+        if (split, train) not in self._image_loaders:
+            self._image_loaders[(split, train)] = self._loader(split, train)
+        return self._image_loaders[(split, train)]
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
+        return self.images("train", train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+        return self.images("val", train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return self.images("test", train=False)

@@ -28,6 +28,8 @@ from fruitlab.models.classifier import build_classifier
 from fruitlab.models.names import check_backbone_name
 from fruitlab.tracking import runs
 from fruitlab.tracking.models import log_classifier
+from fruitlab.training.cached_data import PhasedDataModule
+from fruitlab.training.featurecache import FeatureCache
 from fruitlab.training.module import JOINT, ClassifierModule
 from fruitlab.training.phases import PhaseEarlyStopping, PhasePlan, PhaseSchedule
 
@@ -85,6 +87,7 @@ def _fit(
     # 3. Model, phase plan, LightningModule.
     model, weights = build_classifier(exp.model, exp.preprocess, splits.tasks, exp.where("model.backbone"))
     plan = PhasePlan(exp.finetune.phases)
+    cache = FeatureCache(model, plan, exp.performance, exp.data.augment)
     module = ClassifierModule(
         model,
         plan,
@@ -92,8 +95,17 @@ def _fit(
         loss=exp.loss,
         class_weights=_class_weights(splits) if exp.data.balance == "weights" else None,
         augment=exp.data.augment,
+        feature_cache=cache,
     )
-    datamodule = ImageDataModule(splits, exp.data, model.preprocess, seed=exp.seed)
+    datamodule = PhasedDataModule(
+        splits,
+        exp.data,
+        model.preprocess,
+        seed=exp.seed,
+        image_cache=exp.performance.image_cache,
+        feature_cache=cache,
+        plan=plan,
+    )
 
     # 4. Tracking: one run per fit (the same run again on --resume).
     uri = runs.tracking_uri(exp.tracking.uri)
@@ -135,6 +147,9 @@ def _fit(
         logger=logger,
         callbacks=callbacks,
         default_root_dir=str(checkpoint_dir),
+        # Each epoch asks the data module for its loaders: a phase served from the feature cache gets cached
+        # tensors, the others images (the image loaders are kept, so persistent workers stay up).
+        reload_dataloaders_every_n_epochs=1 if exp.performance.feature_cache != "off" else 0,
         **_trainer_kwargs(exp),
     )
 
@@ -159,12 +174,18 @@ def _fit(
     # 7. Evaluate the best checkpoint on val (and test), log it and the model.
     result = FitResult(run_id=run_id, tracking_uri=uri)
     best = checkpoint.best_model_path or checkpoint.last_model_path
+    best_phase = plan.index
     if best:
-        module.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["state_dict"])
+        state = torch.load(best, map_location="cpu", weights_only=False)
+        module.load_state_dict(state["state_dict"])
+        best_phase = int(state.get("fruitlab_phase", {}).get("index", plan.index))
     client = runs.client_for(uri)
     for split in ("val", "test"):
         if datamodule.has_split(split):
-            result.reports[split] = _evaluate_and_log(client, run_id, model, datamodule, split)
+            # From the feature cache when the best epoch's phase cached this split (the frozen part is the same)
+            cached = datamodule.cached_evaluation(split, best_phase)
+            report = _evaluate_and_log(client, run_id, model, datamodule, split, cached)
+            result.reports[split] = report
     result.metrics = {f"{k}": v for k, v in _summary_metrics(result.reports).items()}
     runs.set_tags(
         client, run_id, {"fruitlab.checkpoint_dir": str(checkpoint_dir.resolve()), "fruitlab.best_checkpoint": best}
@@ -223,10 +244,19 @@ def _trainer_kwargs(exp: Experiment) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-def _evaluate_and_log(client: Any, run_id: str, model: Any, datamodule: ImageDataModule, split: str) -> dict[str, Any]:
-    """Metrics, report JSON, per-class CSV and confusion matrix per task of the best model on one split."""
-    loader = datamodule._loader(split, train=False)
-    probs, labels = predict_batches(model, loader)
+def _evaluate_and_log(
+    client: Any, run_id: str, model: Any, datamodule: ImageDataModule, split: str, cached: Any = None
+) -> dict[str, Any]:
+    """Metrics, report JSON, per-class CSV and confusion matrix per task of the best model on one split.
+
+    `cached`: (loader of cached tensors, the model's forward from them), else the images go through the model.
+    """
+    model.eval()
+    with torch.inference_mode():
+        if cached is not None:
+            probs, labels = predict_batches(cached[1], cached[0])
+        else:
+            probs, labels = predict_batches(model, datamodule._loader(split, train=False))
     evaluation = evaluate_tasks(probs, labels, model.tasks)
     prefix = _prefix(split)
     metrics = {}

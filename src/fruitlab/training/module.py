@@ -43,6 +43,7 @@ class ClassifierModule(L.LightningModule):
         loss: LossConfig | None = None,
         class_weights: dict[str, list[float]] | None = None,
         augment: AugmentConfig | None = None,
+        feature_cache: Any = None,
     ):
         super().__init__()
         self.augment = augment  # only its batch-level part (mixup/cutmix) is used here, on training batches
@@ -61,11 +62,23 @@ class ClassifierModule(L.LightningModule):
         )
         if self.multitask:
             self.joint = nn.ModuleDict({f"{s}_joint": MeanMetric() for s in STAGES})
+        # Set by the data module per stage while its loader serves cached tensors (training/featurecache.py):
+        # the chain link they start at (None: pooled features), so only the rest of the model runs on them.
+        self.feature_cache = feature_cache
+        self.cached_inputs: dict[str, int | None] = {}
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.model(x)
+        return self.model(self.prepare_input(x))
+
+    def _forward(self, x: torch.Tensor, stage: str) -> Any:
+        if stage in self.cached_inputs:
+            return self.feature_cache.rest(self.prepare_input(x), self.cached_inputs[stage])
+        return self(x)
 
     # --- phases -------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -109,7 +122,7 @@ class ClassifierModule(L.LightningModule):
         perm, lam = None, 1.0
         if stage == "train" and self.augment is not None and self.augment.mixing:
             images, perm, lam = mix_batch(images, self.augment)
-        logits = self(images)
+        logits = self._forward(images, stage)
         # Single-task models and data speak tensors; everything below speaks {task: tensor}.
         logits = logits if isinstance(logits, dict) else {TASK: logits}
         labels = target if isinstance(target, dict) else {TASK: target}

@@ -111,6 +111,10 @@ class PhasePlan:
         """Whether the current phase is over at the start of `epoch`."""
         return not self.is_last and (self.end_requested or epoch - self.start_epoch >= self.phase.epochs)
 
+    def index_at(self, epoch: int) -> int:
+        """The phase `epoch` will run in, asked before on_train_epoch_start has moved to it."""
+        return self.index + 1 if self.due(epoch) else self.index
+
     def advance(self, epoch: int) -> None:
         self.index += 1
         self.start_epoch = epoch
