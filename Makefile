@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dataset archives are taken from a local mirror when one exists (CI and offline machines), else downloaded.
 export FRUITLAB_DATA_MIRROR ?= $(wildcard $(abspath ../shared/datasets))
 
-.PHONY: install demo test test-fast lint format ui browser
+.PHONY: install demo test test-fast lint format ui browser bench
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ browser:
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"
+
+# Every benchmark of benchmarks/performance.py (about 50 minutes on 2 CPU cores); the results name the machine.
+bench: install
+	$(PY) benchmarks/performance.py all --out benchmarks/performance.md
 
 format: install
 	$(BIN)/ruff check --fix src tests benchmarks

@@ -243,6 +243,10 @@ def test_the_data_module_serves_the_same_tensors_from_the_cache(photos, tmp_path
         for i in range(len(files)):
             assert torch.equal(a[i][0], b[i][0])
     assert len(list((tmp_path / "images").glob("*.bin"))) == 1
+    # With the images pre-sized the CPU loader reads them in the main process (a worker would take a core)
+    auto = cfg.model_copy(update={"num_workers": "auto"})
+    assert ImageDataModule(splits, auto, PRE, image_cache="auto").val_dataloader().num_workers == 0
+    assert ImageDataModule(splits, auto, PRE, image_cache="off").val_dataloader().num_workers >= 1
     # a random resized crop would cut from the shrunk image: auto leaves such a split uncached
     crops = ImageDataModule(
         splits, cfg.model_copy(update={"augment": AugmentConfig(random_resized_crop=(0.5, 1))}), PRE, image_cache="auto"

@@ -49,10 +49,15 @@ class ImageDataset(Dataset):
         return self.transform(image), self.labels[index]
 
 
-def resolve_workers(setting: int | str) -> int:
-    """'auto': one process per core beyond the one that trains (so 1 on a 2-core machine), at most 8."""
+def resolve_workers(setting: int | str, cheap_images: bool = False) -> int:
+    """'auto': one process per core beyond the one that trains (at most 8), except when the model trains on the
+    CPU and the images are cheap to read (pre-sized cache, in-memory arrays): then none. On 2 cores a worker
+    takes CPU time from the model's threads; with the pre-sized cache, loading in the main process was faster
+    (EfficientNet-Lite0 inference at 224 px: 36.9 img/s with 0 workers, 32.1 with 1; benchmarks/performance.md)."""
     if setting != "auto":
         return int(setting)
+    if cheap_images and not torch.cuda.is_available():
+        return 0
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
@@ -87,6 +92,12 @@ class ImageDataModule(L.LightningDataModule):
         items = self.presized(split, augment)
         return ImageDataset(items, part.labels, transform, min_side=eval_resize(self.preprocess), targets=targets)
 
+    @staticmethod
+    def cheap_images(dataset: ImageDataset) -> bool:
+        """Images already decoded and sized (pre-sized cache, in-memory arrays): loading them costs little."""
+        items = dataset.items
+        return len(items) == 0 or not isinstance(items, list) or isinstance(items[0], np.ndarray)
+
     def presized(self, split: str, augment: bool) -> Any:
         """The split's images from the pre-sized image cache (built on first use), or its items as they are.
 
@@ -109,9 +120,9 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         cfg = self.cfg
-        workers = resolve_workers(cfg.num_workers)
         generator = torch.Generator().manual_seed(self.seed)
         dataset = self.dataset(split, augment=train)
+        workers = resolve_workers(cfg.num_workers, cheap_images=self.cheap_images(dataset))
         sampler = self._train_sampler(dataset) if train else None
         return DataLoader(
             dataset,

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import PIL
 
@@ -92,6 +93,10 @@ class PresizedImages:
         if self.path is None or self.path.is_file():
             return self
         start = time.perf_counter()
+        # This process forks DataLoader workers next. An OpenCV thread pool started here can be copied into a
+        # worker with a lock held, and the worker's cv2.setNumThreads(1) then hangs for good (opencv/opencv#5150,
+        # seen once in benchmarks/performance.py): keep OpenCV single-threaded; two Python threads use the cores.
+        cv2.setNumThreads(1)
         load = functools.partial(self._load, resize=_resizer(self.backend, self.interpolation, self.short_side)[1])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")

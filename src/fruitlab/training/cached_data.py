@@ -140,7 +140,7 @@ class _FeatureSource:
 
     def compute(self, cache: Any, start: int | None, views: Any, random_views: int) -> torch.Tensor:
         dataset = self.dm.dataset(self.split, augment=bool(random_views))
-        workers = resolve_workers(self.dm.cfg.num_workers)
+        workers = resolve_workers(self.dm.cfg.num_workers, cheap_images=self.dm.cheap_images(dataset))
         n = len(dataset)
         out: torch.Tensor | None = None
         passes = list(range(random_views)) if random_views else [0]
