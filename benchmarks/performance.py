@@ -70,7 +70,7 @@ class Sizes:
     predict_images: int  # latency samples; images per throughput measurement
     cli_images: int
     cli_repeats: int
-    sweep_trials: int = 5  # sweep: trials per study
+    sweep_trials: int = 4  # sweep: trials per study
 
 
 FULL = Sizes(3, (), loader_batches=30, steps=10, warmup=2, predict_images=128, cli_images=50, cli_repeats=3)
@@ -86,8 +86,8 @@ QUICK = Sizes(
     sweep_trials=2,
 )
 FEATURE_YAML = ROOT / "benchmarks" / "feature_cache.yaml"
-# sweep: quickstart reduced to 60 photos per class and split at 128 px, so that four studies fit in ~20 minutes
-SWEEP_SETS = ("data.max_per_class=60", "preprocess.input_size=128")
+# sweep: quickstart reduced to 40 photos per class and split at 96 px, so that four studies fit in ~10 minutes
+SWEEP_SETS = ("data.max_per_class=40", "preprocess.input_size=96")
 
 
 # ------------------------------------------------------------------------------------------------ overhead
@@ -644,11 +644,11 @@ def sweep(sizes: Sizes, args: argparse.Namespace) -> list[str]:
 
 
 PARTS = {
-    "overhead": ("Overhead: `fruitlab fit` against a hand-written PyTorch loop", overhead),
     "feature_cache": ("Feature cache: a frozen phase with and without it", feature_cache),
-    "sweep": ("Sweep: pruning and caches", sweep),
+    "overhead": ("Overhead: `fruitlab fit` against a hand-written PyTorch loop", overhead),
     "loader": ("Loader against model: what bounds training", loader),
     "predict": ("Prediction: latency and throughput", predict),
+    "sweep": ("Sweep: pruning and caches", sweep),
     "knobs": ("Speed knobs, measured", knobs),
 }
 

@@ -6,7 +6,7 @@ from collections import Counter
 from types import SimpleNamespace
 
 import pytest
-from torch.utils.data import RandomSampler, WeightedRandomSampler
+from torch.utils.data import DistributedSampler, WeightedRandomSampler
 
 from fruitlab.config import DataConfig
 from fruitlab.data.balance import class_weights, sample_weights
@@ -55,7 +55,9 @@ def test_sampler_draws_classes_equally_often_and_is_seeded() -> None:
 
 def test_no_balancing_by_default_and_unknown_modes_are_config_errors() -> None:
     loader = ImageDataModule(imbalanced(), DataConfig(num_workers=0), PREPROCESS).train_dataloader()
-    assert isinstance(loader.sampler, RandomSampler)
+    # a plain shuffle, seeded per epoch (one replica: every index once per epoch, no weighting)
+    assert isinstance(loader.sampler, DistributedSampler) and loader.sampler.shuffle
+    assert sorted(loader.sampler) == list(range(len(imbalanced().splits["train"].labels)))
     val = ImageDataModule(imbalanced(), DataConfig(balance="sampler", num_workers=0), PREPROCESS).val_dataloader()
     assert not isinstance(val.sampler, WeightedRandomSampler)
 
