@@ -101,3 +101,13 @@ def test_flat_params_cover_every_value():
     assert flat["data.batch_size"] == 32
     assert flat["finetune.phases.1.optimizer.lr"] == 1e-4
     assert "model.head.pool" in flat
+
+
+def test_unquoted_off_and_on_in_set_mean_the_cache_modes() -> None:
+    """YAML reads `--set performance.feature_cache=off` as False; it means off, not a type error."""
+    from fruitlab.config import PerformanceConfig
+
+    assert PerformanceConfig(feature_cache=False, image_cache=False).model_dump()["feature_cache"] == "off"
+    assert PerformanceConfig(image_cache=False).image_cache == "off"
+    assert PerformanceConfig(image_cache=True).image_cache == "on"
+    assert PerformanceConfig(feature_cache=True).feature_cache == "auto"

@@ -312,6 +312,15 @@ class PerformanceConfig(Strict):
     feature_cache_max_gb: float = Field(
         4.0, gt=0, description="largest cache kept in memory for one phase (train views + val); larger is not cached"
     )
+
+    @field_validator("image_cache", "feature_cache", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        """YAML reads an unquoted off/on (`--set performance.feature_cache=off`) as a boolean: take it as meant."""
+        if isinstance(value, bool):
+            return ("on" if info.field_name == "image_cache" else "auto") if value else "off"
+        return value
+
     feature_cache_disk_gb: float = Field(
         20.0,
         gt=0,
