@@ -533,7 +533,6 @@ def mlflow_logging(count: int = 100, rounds: int = 3) -> tuple[float, float]:
     return statistics.median(single), statistics.median(batched)
 
 
-# -------------------------------------------------------------------------------------------------- report
 # ------------------------------------------------------------------------------------------------ feature cache
 def feature_cache(sizes: Sizes, args: argparse.Namespace) -> list[str]:
     """The frozen phase of quickstart (head only, no augmentation: the exact case) with the cache off and on."""
@@ -643,6 +642,7 @@ def sweep(sizes: Sizes, args: argparse.Namespace) -> list[str]:
     ]
 
 
+# -------------------------------------------------------------------------------------------------- report
 PARTS = {
     "feature_cache": ("Feature cache: a frozen phase with and without it", feature_cache),
     "overhead": ("Overhead: `fruitlab fit` against a hand-written PyTorch loop", overhead),

@@ -28,7 +28,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +137,7 @@ class FeatureCache:
                 f"it would hold {total / 2**30:.1f} GiB (performance.feature_cache_max_gb: "
                 f"{self.perf.feature_cache_max_gb}); freeze more stages or raise the limit",
             )
-        return Decision(
-            True,
-            f"{decision.reason}; {total / 2**20:.0f} MiB",
-            decision.start,
-            decision.flips,
-            decision.random_views,
-        )
+        return replace(decision, reason=f"{decision.reason}; {total / 2**20:.0f} MiB")
 
     def _decide(self, index: int, example: torch.Tensor, world_size: int) -> Decision:
         phase = self.phases[index]
