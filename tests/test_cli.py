@@ -160,9 +160,42 @@ def test_interrupted_fit_resumes_in_the_same_run(tmp_path, fruit_data_dir):
     resumed = run("fit", "--resume", run_id, cwd=tmp_path, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"run {run_id}" in resumed.stdout
+    # The banner names the run's experiment and the phase the checkpoint restores, not phase 1 before the restore
+    assert f"MLflow run {run_id}, experiment 'resume'" in resumed.stderr, resumed.stderr[-3000:]
+    assert "resumed from the checkpoint in phase" in resumed.stderr
+    assert "phase 1/2 'head': training" not in resumed.stderr.split("resumed from the checkpoint")[0]
     run_info = client.get_run(run_id)
     assert run_info.info.status == "FINISHED"
     assert len(client.search_runs([run_info.info.experiment_id])) == 1  # no second run
     epochs = sorted({int(m.value) for m in client.get_metric_history(run_id, "epoch")})
     assert epochs == [0, 1, 2, 3]
     assert [m.value for m in client.get_metric_history(run_id, "phase")][-1] == 1.0
+
+    # A finished run is not trained again: refused, and the run keeps one model and one value per best/* metric
+    end_time = client.get_run(run_id).info.end_time
+    again = run("fit", "--resume", run_id, cwd=tmp_path, env=env)
+    assert_clean_error(again, f"run {run_id} (experiment 'resume') is FINISHED", f"fruitlab fit -e {exp}")
+    finished = client.get_run(run_id)
+    assert finished.info.status == "FINISHED" and finished.info.end_time == end_time
+    assert len(client.get_metric_history(run_id, "best/val/class/acc")) == 1
+
+
+def test_resuming_a_finished_run_is_refused_before_anything_loads(tmp_path):
+    """No config artifact, no checkpoint, no data: the run's status alone refuses it, in a second or two."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("fruity", artifact_location=(tmp_path / "mlruns").as_uri())
+    run_id = client.create_run(experiment_id, tags={"fruitlab.experiment_file": "experiments/fruity.yaml"}).info.run_id
+    client.set_terminated(run_id, "FINISHED")
+    result = run("fit", "--resume", run_id, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert_clean_error(
+        result,
+        f"run {run_id} (experiment 'fruity') is FINISHED",
+        "nothing to resume",
+        "fruitlab fit -e experiments/fruity.yaml",
+    )
+    assert client.get_run(run_id).info.status == "FINISHED"
+    unknown = run("fit", "--resume", "0" * 32, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert_clean_error(unknown, f"run '{'0' * 32}' is not in the tracking store")

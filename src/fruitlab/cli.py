@@ -160,13 +160,14 @@ def _experiment_of_run(run_id: str, overrides: list[str] | None):
     import yaml
 
     from fruitlab.config import apply_override, validate_experiment
-    from fruitlab.tracking.runs import load_run_config, tracking_uri
+    from fruitlab.tracking.runs import check_resumable, load_run_config, tracking_uri
 
+    experiment = check_resumable(tracking_uri(), run_id)  # a finished run is refused before anything loads
     raw = yaml.safe_load(load_run_config(tracking_uri(), run_id))
     for item in overrides or []:
         apply_override(raw, item)
-    name = raw.get("tracking", {}).get("experiment") or "resumed"
-    return validate_experiment(raw, source=f"run {run_id}", name=name)
+    # The run's own MLflow experiment: the banner names it, and the logger writes to it.
+    return validate_experiment(raw, source=f"run {run_id}", name=experiment)
 
 
 @app.command()

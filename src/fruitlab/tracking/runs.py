@@ -95,6 +95,30 @@ def reopen_run(uri: str, run_id: str) -> MlflowClient:
     return client
 
 
+def check_resumable(uri: str, run_id: str) -> str:
+    """The run's MLflow experiment name; TrackingError for an unknown run or one that already FINISHED.
+
+    `fit --resume` continues an interrupted run (KILLED by Ctrl+C, FAILED, or still RUNNING after a kill -9);
+    resuming a finished one would train it again and log a second model and every `best/*` metric twice.
+    """
+    client = client_for(uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise TrackingError(
+            f"run {run_id!r} is not in the tracking store {uri!r}; check the id and --tracking-uri"
+        ) from None
+    experiment = client.get_experiment(run.info.experiment_id).name
+    if run.info.status == "FINISHED":
+        source = run.data.tags.get("fruitlab.experiment_file") or experiment
+        raise TrackingError(
+            f"run {run_id} (experiment {experiment!r}) is FINISHED: it trained to the end, so there is nothing to "
+            "resume (--resume continues an interrupted run: KILLED, FAILED or RUNNING). To train again, start a "
+            f"new run: fruitlab fit -e {source}"
+        )
+    return experiment
+
+
 def load_run_config(uri: str, run_id: str) -> str:
     """The resolved experiment YAML a run was started with."""
     client = client_for(uri)

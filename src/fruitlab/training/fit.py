@@ -220,6 +220,7 @@ def _open_run(exp: Experiment, uri: str, tags: dict[str, str], resume_run_id: st
     if rank_zero_only.rank != 0:  # a DDP worker re-launched by Lightning: join the parent's run
         return os.environ[RUN_ID_ENV]
     if resume_run_id:
+        runs.check_resumable(uri, resume_run_id)
         runs.reopen_run(uri, resume_run_id)
         run_id = resume_run_id
     else:

@@ -66,6 +66,8 @@ class ClassifierModule(L.LightningModule):
         # the chain link they start at (None: pooled features), so only the rest of the model runs on them.
         self.feature_cache = feature_cache
         self.cached_inputs: dict[str, int | None] = {}
+        self._phase_counts: dict[str, int] = {}  # what the current phase trains (setup / a restored checkpoint)
+        self._restored = False  # the phase came from a checkpoint (--resume)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.ndim == 4:
@@ -83,7 +85,12 @@ class ClassifierModule(L.LightningModule):
     # --- phases -------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if stage == "fit":
-            self.announce_phase(self.plan.apply(self.model))
+            self._phase_counts = self.plan.apply(self.model)
+            self._restored = False
+
+    def on_fit_start(self) -> None:
+        # Announced here, not in setup: on --resume the checkpoint (and its phase) is restored between the two.
+        self.announce_phase(self._phase_counts, resumed=self._restored)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["fruitlab_phase"] = self.plan.state_dict()
@@ -93,7 +100,8 @@ class ClassifierModule(L.LightningModule):
         # so configure_optimizers sees the same parameters the saved optimizer state belongs to.
         if "fruitlab_phase" in checkpoint:
             self.plan.load_state_dict(checkpoint["fruitlab_phase"])
-            self.plan.apply(self.model)
+            self._phase_counts = self.plan.apply(self.model)
+            self._restored = True
 
     def train(self, mode: bool = True) -> ClassifierModule:
         super().train(mode)
@@ -101,9 +109,10 @@ class ClassifierModule(L.LightningModule):
             self.plan.enforce_bn_modes()  # Lightning switches everything to train mode each epoch
         return self
 
-    def announce_phase(self, counts: dict[str, int]) -> None:
+    def announce_phase(self, counts: dict[str, int], resumed: bool = False) -> None:
         log.info(
-            "phase %d/%d %r: training %s of %s backbone parameters + %s head parameters",
+            "%sphase %d/%d %r: training %s of %s backbone parameters + %s head parameters",
+            "resumed from the checkpoint in " if resumed else "",
             self.plan.index + 1,
             len(self.plan.phases),
             self.plan.label(),
