@@ -102,3 +102,49 @@ def test_warn_bad_files_is_one_warning_naming_at_most_five(tmp_path: Path) -> No
     assert "skipped 7 unreadable" in message and "somewhere" in message
     assert sum(f"bad{i}.jpg" in message for i in range(7)) == 5
     assert "and 2 more" in message
+
+
+def deep_copies(folder: Path) -> dict[str, Path]:
+    """A real photo (scikit-image's cat) in greyscale, saved 8-bit and in the deeper modes that PIL clips."""
+    import numpy as np
+    from skimage import data
+
+    grey = np.asarray(Image.fromarray(data.chelsea()).convert("L"))  # uint8
+    files = {
+        "8-bit.png": Image.fromarray(grey),
+        "16-bit.png": Image.fromarray(grey.astype(np.uint16) * 257),  # mode I;16, the full 16-bit range
+        "float.tif": Image.fromarray(grey.astype(np.float32) / 255),  # mode F, 0-1
+        "int32.tif": Image.fromarray(grey.astype(np.int32) * 257),  # mode I within 16 bits
+        "float-1000.tif": Image.fromarray(grey.astype(np.float32) * 4),  # 0-1020: no known scale
+        "int32-big.tif": Image.fromarray(grey.astype(np.int32) * 100_000),
+    }
+    for name, image in files.items():
+        image.save(folder / name)
+    return {name: folder / name for name in files}
+
+
+def test_deeper_than_8_bit_images_are_scaled_not_clipped_to_white(tmp_path: Path) -> None:
+    import numpy as np
+
+    from fruitlab.data.images import load_rgb_array
+
+    files = deep_copies(tmp_path)
+    assert Image.open(files["16-bit.png"]).mode == "I;16"
+    reference = load_rgb_array(files["8-bit.png"])
+    assert 20 < reference.mean() < 200  # a real photo, neither black nor white
+    for name in ("16-bit.png", "float.tif", "int32.tif"):
+        decoded = load_rgb_array(files[name])  # the read training, `predict` and `serve` share
+        assert decoded.shape == reference.shape and decoded.dtype == np.uint8, name
+        assert np.abs(decoded.astype(int) - reference).max() <= 1, name
+
+
+def test_deep_images_without_a_known_range_are_refused_by_name(tmp_path: Path) -> None:
+    files = deep_copies(tmp_path)
+    with pytest.raises(DataError, match=r"float-1000.tif: a 32-bit float image with values 16 to 776, outside 0-1"):
+        open_rgb(files["float-1000.tif"])
+    big = r"int32-big.tif: a 32-bit integer image with values 400000 to 19400000, beyond 16 bits"
+    with pytest.raises(DataError, match=big):
+        open_rgb(files["int32-big.tif"])
+    scan = scan_images(files.values())  # found when the dataset is scanned, not in the middle of an epoch
+    assert sorted(Path(p).name for p, _ in scan.bad) == ["float-1000.tif", "int32-big.tif"]
+    assert all("brightness scale is unknown" in reason for _, reason in scan.bad)

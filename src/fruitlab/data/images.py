@@ -45,6 +45,14 @@ EXTENSION_FORMATS = {
 }
 
 
+# Greyscale modes deeper than 8 bits: PIL's convert("RGB") clips them at 255 instead of scaling (to_8bit does).
+DEEP_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+class DepthError(ValueError):
+    """An image whose pixel values have no known range to scale to 8 bits."""
+
+
 class UnreadableFilesWarning(UserWarning):
     """Some image files could not be decoded and were left out of the dataset."""
 
@@ -87,12 +95,45 @@ def open_rgb(path: str | os.PathLike[str] | IO[bytes], min_side: int | None = No
                     img.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
             if img.mode == "P" and "transparency" in img.info:
                 img = img.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
+            if img.mode in DEEP_MODES:
+                img = to_8bit(img)
             rgb = img.convert("RGB")
         # Phone photos store "rotate me" in EXIF; without this they would train (and be served) sideways.
         ImageOps.exif_transpose(rgb, in_place=True)
+    except DepthError as exc:
+        raise DataError(f"cannot use image {_name(path)}: {exc}") from None
     except Exception as exc:  # decoding untrusted bytes fails in many ways (OSError, SyntaxError, struct.error...)
         raise DataError(f"cannot read image {_name(path)}: {_reason(exc)}; replace or delete the file") from None
     return rgb
+
+
+def to_8bit(img: Image.Image) -> Image.Image:
+    """A greyscale image of more than 8 bits (16-bit PNG/TIFF, 32-bit int or float TIFF) as 8-bit 'L', scaled.
+
+    PIL's own convert("RGB") clips such values at 255, so a 16-bit photo turns almost white. 16-bit values are
+    scaled by their full range (0-65535 -> 0-255), as is 32-bit integer data that stays within 16 bits (Pillow
+    reads some 16-bit files as 'I'); float data must lie in 0-1. Anything else has no range to scale by: DepthError.
+    """
+    import numpy as np
+
+    pixels = np.asarray(img)
+    if img.mode == "F":
+        finite = bool(np.isfinite(pixels).all())
+        if not finite or pixels.min() < 0 or pixels.max() > 1:
+            shown = f"{pixels.min():g} to {pixels.max():g}" if finite else "NaN or infinite values"
+            raise DepthError(
+                f"a 32-bit float image with values {shown}, outside 0-1, so its brightness scale is unknown; "
+                "save it as an 8- or 16-bit image"
+            )
+        scaled = pixels * 255.0
+    else:
+        if img.mode == "I" and (pixels.min() < 0 or pixels.max() > 65535):
+            raise DepthError(
+                f"a 32-bit integer image with values {pixels.min()} to {pixels.max()}, beyond 16 bits, so its "
+                "brightness scale is unknown; save it as an 8- or 16-bit image"
+            )
+        scaled = pixels.astype(np.float32) / 257.0  # 65535 / 255: the 16-bit range onto the 8-bit one
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), "L")
 
 
 def load_rgb_array(item: str | os.PathLike[str] | Any, min_side: int | None = None) -> Any:
@@ -167,6 +208,8 @@ def _check(path: str) -> Verdict:
         with Image.open(io.BytesIO(data)) as img:
             fmt = img.format
             img.load()  # the full decode: a truncated JPEG only fails here
+            if img.mode in ("I", "F"):
+                to_8bit(img)  # a range that cannot be scaled makes the file unusable, found here, not mid-epoch
         return fmt, None, hashlib.sha1(data).hexdigest()
     except Exception as exc:  # any failure to decode means the file is unusable; the reason says which
         return None, _reason(exc), None
@@ -177,6 +220,8 @@ def _reason(exc: Exception) -> str:
         return "not an image PIL can read (unrecognised content)"
     if isinstance(exc, FileNotFoundError):
         return "the file does not exist"
+    if isinstance(exc, DepthError):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
