@@ -147,3 +147,27 @@ def test_cli_errors_are_one_line(store, photos, tmp_path):
         run("predict", "--model", "models:/photos@champion", str(photos), "-o", "x.txt", env=env), ".csv or .json"
     )
     assert_clean_error(run("predict", "--model", "models:/photos@champion", str(tmp_path), env=env), "no image files")
+
+
+def test_a_16_bit_photo_is_predicted_like_its_8_bit_copy(tracking, tmp_path):
+    """PIL clips 16-bit greyscale at 255 (an all-white image); predict must see the photo (data/images.py)."""
+    from skimage import data
+
+    grey = np.asarray(Image.fromarray(data.coffee()).convert("L"))
+    Image.fromarray(grey).save(tmp_path / "coffee-8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "coffee-16.png")
+    Image.new("L", grey.shape[::-1], 255).save(tmp_path / "white.png")
+    predictor = load_predictor("models:/photos@champion", device="cpu")
+    names = ("coffee-8.png", "coffee-16.png", "white.png")
+    eight, sixteen, white = predictor.predict([str(tmp_path / n) for n in names])
+    assert not (eight.error or sixteen.error)
+    assert dict(sixteen.tasks["class"]) == pytest.approx(dict(eight.tasks["class"]), abs=1e-4)
+    assert dict(white.tasks["class"]) != pytest.approx(dict(eight.tasks["class"]), abs=1e-4)
+
+
+def test_a_named_path_that_does_not_exist_is_an_error(store, photos, tmp_path):
+    env = {"MLFLOW_TRACKING_URI": store.uri}
+    missing = tmp_path / "missing.jpg"
+    result = run("predict", "--model", "models:/photos@champion", str(photos / "cat0.png"), str(missing), env=env)
+    assert_clean_error(result, f"no such file or folder: {missing}")
+    assert "labelled" not in result.stderr  # refused before anything is predicted

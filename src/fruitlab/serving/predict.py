@@ -166,7 +166,14 @@ def resolve_model_uri(model: str, uri: str | None = None) -> str:
 
 
 def find_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
-    """Files as given (whatever their name: content decides), and the image files under each folder, sorted."""
+    """Files as given (whatever their name: content decides), and the image files under each folder, sorted.
+
+    A named path that does not exist is a DataError (a typo must not end in 'nothing labelled', exit 0).
+    """
+    missing = [str(item) for item in inputs if not Path(item).exists()]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DataError(f"no such file or folder: {shown}; name existing image files or folders")
     found: list[str] = []
     for item in inputs:
         path = Path(item)
@@ -177,7 +184,7 @@ def find_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
                 if p.is_file() and p.suffix.lower() in EXTENSION_FORMATS and not p.name.startswith(".")
             )
         else:
-            found.append(str(path))  # a missing file is reported like an unreadable one
+            found.append(str(path))
     return found
 
 
