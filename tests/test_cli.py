@@ -199,3 +199,16 @@ def test_resuming_a_finished_run_is_refused_before_anything_loads(tmp_path):
     assert client.get_run(run_id).info.status == "FINISHED"
     unknown = run("fit", "--resume", "0" * 32, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert_clean_error(unknown, f"run '{'0' * 32}' is not in the tracking store")
+
+
+def test_fit_on_one_class_is_one_line_not_a_traceback(tmp_path):
+    from skimage import data
+
+    (tmp_path / "photos" / "cat").mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(data.chelsea()[i * 20 : i * 20 + 200, :200]).save(tmp_path / "photos" / "cat" / f"{i}.jpg")
+    exp = write_experiment(tmp_path / "one.yaml", SMOKE_EXPERIMENT.replace("fruits_fresh_rotten", "image_folder"))
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "FRUITLAB_DATA_DIR": str(tmp_path / "cache")}
+    result = run("fit", "-e", str(exp), "--set", f"data.root={tmp_path / 'photos'}", cwd=tmp_path, env=env)
+    assert_clean_error(result, "classification needs at least 2 classes; found 1 ('cat', 3 images in ")
+    assert not (tmp_path / "mlflow.db").exists()  # refused before a run was opened

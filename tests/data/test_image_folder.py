@@ -153,3 +153,32 @@ def test_relative_root_gives_absolute_items(tmp_path: Path, data_dir: Path, monk
     ds = load(Path("ds"), data_dir)
     assert ds.root == str(tmp_path / "ds")
     assert all(Path(p).is_absolute() for p in ds.splits["train"].items + ds.splits["val"].items)
+
+
+def test_one_class_is_refused_naming_it(tmp_path: Path, data_dir: Path) -> None:
+    make_class_tree(tmp_path / "ds", {"apple": 4})
+    with pytest.raises(DataError) as info:
+        load(tmp_path / "ds", data_dir)
+    message = str(info.value)
+    assert "classification needs at least 2 classes; found 1 ('apple', 4 images in " in message
+    assert str(tmp_path / "ds" / "apple") in message and "Add a folder of images for each other class" in message
+
+
+def test_a_class_too_small_to_hold_out_is_named_in_a_warning(
+    tmp_path: Path, data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_class_tree(tmp_path / "ds", {"apple": 6, "kiwi": 1, "plum": 5})
+    with caplog.at_level("WARNING", logger="fruitlab"):
+        ds = load(tmp_path / "ds", data_dir, val_fraction=0.2)
+    assert per_class(ds, "val") == {"apple": 1, "kiwi": 0, "plum": 1}
+    warned = [r.getMessage() for r in caplog.records if "has no image in split" in r.getMessage()]
+    assert warned == [
+        "warning: dataset image_folder: class 'kiwi' has no image in split 'val': too few images to hold one out "
+        "(data.val_fraction=0.2; a class needs at least 2); its val accuracy is not measured. Add images of 'kiwi', "
+        "or give the data a val/ folder"
+    ]
+    caplog.clear()
+    make_class_tree(tmp_path / "ok", {"apple": 6, "kiwi": 2})
+    with caplog.at_level("WARNING", logger="fruitlab"):
+        load(tmp_path / "ok", data_dir, val_fraction=0.2)
+    assert not [r for r in caplog.records if "has no image in split" in r.getMessage()]

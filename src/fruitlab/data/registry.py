@@ -20,7 +20,14 @@ from fruitlab.data.checks import quick_check
 from fruitlab.data.fetch import resolve_data_dir, resolve_mirror
 from fruitlab.data.images import warn_bad_files
 from fruitlab.data.labels import SINGLE_TASK, derive_task_labels
-from fruitlab.data.splitting import Grouped, cap_per_class, check_classes, fingerprint, stratified_split
+from fruitlab.data.splitting import (
+    Grouped,
+    cap_per_class,
+    check_classes,
+    classes_missing,
+    fingerprint,
+    stratified_split,
+)
 from fruitlab.errors import DataError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -211,6 +218,11 @@ def _assemble(name: str, scheme: str, raw: RawData, cfg: DataConfig, seed: int, 
     order = sorted(grouped, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s))
     splits = {s: _to_split(grouped[s], classes) for s in order}
     _check_not_empty(name, splits, raw, held_out="val" not in raw.splits, val_fraction=cfg.val_fraction)
+    for split_name in order:
+        if split_name != "train" and split_name not in raw.copies:
+            held = f"data.val_fraction={cfg.val_fraction}" if split_name == "val" and "val" not in raw.splits else ""
+            for message in classes_missing(grouped[split_name], classes, split_name, held):
+                log.warning("warning: dataset %s: %s", name, message)
     labels = derive_task_labels(cfg.labels, classes, splits, raw.root, _where(where, "labels"))
     for split_name, split in splits.items():
         split.targets = labels.targets[split_name]

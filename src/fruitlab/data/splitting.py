@@ -29,6 +29,13 @@ def check_classes(splits: Mapping[str, Grouped], folders: Mapping[str, str], dat
     train = splits.get("train") or {}
     if not train:
         raise DataError(f"dataset {dataset!r}: no classes found in {folders.get('train', 'the train split')}")
+    if len(train) < 2:
+        (only,) = train
+        raise DataError(
+            f"dataset {dataset!r}: classification needs at least 2 classes; found 1 ({only!r}, "
+            f"{len(train[only])} images in {os.path.join(folders.get('train', 'train'), only)}). "
+            "Add a folder of images for each other class"
+        )
     for split, grouped in splits.items():
         folder = folders.get(split, split)
         missing, extra = sorted(set(train) - set(grouped)), sorted(set(grouped) - set(train))
@@ -62,6 +69,27 @@ def stratified_split(train: Grouped, fraction: float, seed: int) -> tuple[Groupe
         held[cls] = [items[i] for i in range(n) if i in val_idx]
         kept[cls] = [items[i] for i in range(n) if i not in val_idx]
     return kept, held
+
+
+def classes_missing(grouped: Grouped, classes: Sequence[str], split: str, held_out: str = "") -> list[str]:
+    """One message per class with no image in `split` (its accuracy there is not measured, nor early-stopped on).
+
+    `held_out`: how the split was made from train ('data.val_fraction=0.2'), to say why a small class got none.
+    """
+    messages = []
+    for cls in classes:
+        if grouped.get(cls):
+            continue
+        why = (
+            f": too few images to hold one out ({held_out}; a class needs at least 2)"
+            if held_out
+            else " (the split scheme put none there)"
+        )
+        messages.append(
+            f"class {cls!r} has no image in split {split!r}{why}; its {split} accuracy is not measured. "
+            f"Add images of {cls!r}, or give the data a {split}/ folder"
+        )
+    return messages
 
 
 def cap_per_class(grouped: Grouped, max_per_class: int, seed: int, split: str) -> Grouped:
