@@ -48,6 +48,12 @@ def test_unknown_key():
     )
 
 
+def test_an_override_without_a_key():
+    assert_clean_error(
+        run("check", "-e", "quickstart", "--set", "=5"), "--set '=5': the key before '=' is empty", "data.batch_size=16"
+    )
+
+
 def test_misspelt_backbone_fails_before_any_data_or_weights():
     result = run("check", "-e", "quickstart", "--set", "model.backbone=efficientnet_lte0")
     assert_clean_error(result, "backbone 'efficientnet_lte0'", "model.backbone", "did you mean 'efficientnet_lite0'")

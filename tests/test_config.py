@@ -94,6 +94,10 @@ def test_override_errors_are_config_errors():
         apply_override({}, "data.batch_size")
     with pytest.raises(ConfigError, match="unknown key"):
         load_experiment("quickstart", ["data.bach_size=3"], directory=EXPERIMENTS)
+    with pytest.raises(ConfigError, match=r"--set '=5': the key before '=' is empty; expected a dotted key"):
+        apply_override({}, "=5")
+    with pytest.raises(ConfigError, match=r"--set 'data..batch_size=5': the key before '=' is missing a part"):
+        apply_override({}, "data..batch_size=5")
 
 
 def test_flat_params_cover_every_value():

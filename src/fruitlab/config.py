@@ -502,6 +502,11 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set data.batch_size=16")
     key, _, text = item.partition("=")
+    if not key.strip() or any(not part.strip() for part in key.strip().split(".")):
+        raise ConfigError(
+            f"--set {item!r}: the key before '=' is {'empty' if not key.strip() else 'missing a part'}; "
+            "expected a dotted key, e.g. --set data.batch_size=16 (`fruitlab check -e NAME` validates a file)"
+        )
     try:
         value = yaml.safe_load(text) if text.strip() else None
     except yaml.YAMLError:
