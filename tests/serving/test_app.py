@@ -151,3 +151,15 @@ def test_a_client_file_name_is_only_echoed(client, fruit_photos, tmp_path):
     assert not (tmp_path / "written.jpg").exists()
     bad = client.post("/predict", files=[("files", (name, b"not an image", "image/jpeg"))])
     assert bad.status_code == 415 and bad.json()["detail"].startswith("'written.jpg' is not an image")
+
+
+def test_a_file_name_too_long_for_the_parser_is_a_400_that_says_so(client, fruit_photos):
+    photo = fruit_photos[0]
+    long_name = "a" * 5000 + ".jpg"
+    refused = client.post("/predict", files=upload(photo, name=long_name))
+    assert refused.status_code == 400
+    detail = refused.json()["detail"]
+    assert "header longer than 4,224 bytes" in detail and "send the file under a shorter name" in detail
+    fits = client.post("/predict", files=upload(photo, name="b" * 1000 + ".jpg"))  # under the parser's limit
+    assert fits.status_code == 200 and len(fits.json()["predictions"][0]["filename"]) == 120  # shown shortened
+    assert client.get("/nope").json() == {"detail": "Not Found"}  # other errors keep FastAPI's answer

@@ -26,8 +26,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fruitlab import __version__
 from fruitlab.errors import ModelError
@@ -46,7 +48,7 @@ from fruitlab.serving.model_slot import LoadedModel, ModelSlot
 from fruitlab.serving.pages import Assets
 from fruitlab.serving.schemas import Error, PredictionPage, PredictResponse, Ready, ReloadResult
 from fruitlab.serving.settings import ServeSettings
-from fruitlab.serving.uploads import CheckedImage, Upload, UploadError, check_upload, safe_name
+from fruitlab.serving.uploads import CheckedImage, Upload, UploadError, check_upload, multipart_problem, safe_name
 
 log = logging.getLogger(__name__)
 TAG_PATTERN = r"^[\w .:@/+=-]*$"
@@ -94,6 +96,7 @@ def create_app(
     app.state.settings, app.state.slot, app.state.log = settings, slot, log_db
     app.add_middleware(UploadLimits, max_body=settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     _pages(app, Assets())
     _prediction_routes(app, settings, slot, log_db)
@@ -312,6 +315,14 @@ async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
         f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'request'}: {e.get('msg')}" for e in errors
     ]
     return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's own answer, except a bare multipart parse error, which says what could not be parsed."""
+    detail = multipart_problem(exc) if getattr(exc, "status_code", None) == 400 else None
+    if detail is not None:
+        return JSONResponse({"detail": detail}, status_code=400)
+    return await http_exception_handler(request, exc)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:

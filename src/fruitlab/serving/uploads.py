@@ -14,12 +14,15 @@ import io
 from dataclasses import dataclass
 
 from PIL import Image
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import DEFAULT_MAX_HEADER_SIZE
 
 from fruitlab.data.images import open_rgb
 from fruitlab.errors import DataError, FruitlabError
 
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "MPO")  # MPO: phone JPEGs holding several pictures
 NAME_LENGTH = 120
+MAX_PART_HEADER = DEFAULT_MAX_HEADER_SIZE  # python-multipart's limit on one header line of a part (Starlette's parser)
 GENERIC_TYPES = ("", "application/octet-stream", "binary/octet-stream")  # what a client sends when it does not know
 
 
@@ -89,6 +92,26 @@ def check_upload(upload: Upload, *, max_bytes: int, max_pixels: int, min_side: i
         raise UploadError(422, f"{name} is a {fmt} image that cannot be decoded: {reason}") from None
     digest = hashlib.sha256(upload.data).hexdigest()
     return CheckedImage(upload.name, digest, size, width, height, fmt, image)
+
+
+def multipart_problem(exc: BaseException) -> str | None:
+    """What the multipart parser could not read, in words, for a 400 whose cause is a parse error; else None.
+
+    Starlette answers any multipart parse error with a bare "Invalid multipart data."; the parser's own reason is
+    in the exception chain. The usual one is a part header over the parser's 4,224-byte limit: a long file name.
+    """
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None:
+        if isinstance(seen, MultipartParseError):
+            reason = str(seen) or type(seen).__name__
+            if "header size" in reason.lower():
+                return (
+                    f"a part of the multipart body has a header longer than {MAX_PART_HEADER:,} bytes - usually a "
+                    "file name thousands of characters long; send the file under a shorter name"
+                )
+            return f"the multipart body cannot be parsed ({reason}); send the files as multipart/form-data"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _mb(n: int) -> str:
