@@ -163,3 +163,19 @@ def test_a_file_name_too_long_for_the_parser_is_a_400_that_says_so(client, fruit
     fits = client.post("/predict", files=upload(photo, name="b" * 1000 + ".jpg"))  # under the parser's limit
     assert fits.status_code == 200 and len(fits.json()["predictions"][0]["filename"]) == 120  # shown shortened
     assert client.get("/nope").json() == {"detail": "Not Found"}  # other errors keep FastAPI's answer
+
+
+def test_a_16_bit_png_is_answered_like_its_8_bit_copy(client, fruit_photos):
+    import io
+
+    import numpy as np
+
+    grey = np.asarray(Image.open(fruit_photos[0]).convert("L"))
+    answers = []
+    for name, pixels in (("8.png", grey), ("16.png", grey.astype(np.uint16) * 257)):
+        data = io.BytesIO()
+        Image.fromarray(pixels).save(data, format="PNG")
+        answer = client.post("/predict", files=[("files", (name, data.getvalue(), "image/png"))], params={"top_k": 6})
+        assert answer.status_code == 200, answer.text
+        answers.append({t["label"]: t["probability"] for t in answer.json()["predictions"][0]["tasks"]["class"]})
+    assert answers[1] == pytest.approx(answers[0], abs=1e-4)
