@@ -535,13 +535,31 @@ def serve(
     queue: Annotated[
         int, typer.Option("--queue", help="requests waiting beyond those; more get 503 + Retry-After")
     ] = 16,
+    admin_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--admin-token-file",
+            help="file holding the admin bearer token (else $FRUITLAB_ADMIN_TOKEN_FILE or $FRUITLAB_ADMIN_TOKEN)",
+        ),
+    ] = None,
+    insecure_admin: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-admin",
+            help="without a token, open /admin/reload and the prediction log to anyone (trusted networks only)",
+        ),
+    ] = False,
     device: Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, ...")] = "cpu",
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="one log line per request")] = True,
     tracking_uri: UriOpt = None,
 ) -> None:
-    """Serve a model: upload page, dashboard, JSON API; every answered prediction is logged to --db."""
+    """Serve a model: upload page, dashboard, JSON API; every answered prediction is logged to --db.
+
+    The admin and log routes (POST /admin/reload, GET /predictions, GET /predictions/stats) need
+    `Authorization: Bearer <token>` with the token from $FRUITLAB_ADMIN_TOKEN or a file; without one they are off.
+    """
     _env(tracking_uri, None)
-    from fruitlab.serving.settings import ServeSettings, parse_seconds
+    from fruitlab.serving.settings import ServeSettings, parse_seconds, read_admin_token
 
     settings = ServeSettings(
         model=model,
@@ -555,6 +573,8 @@ def serve(
         max_pixels=max_pixels,
         concurrency=concurrency,
         queue=queue,
+        admin_token=read_admin_token(os.environ, str(admin_token_file) if admin_token_file else None),
+        insecure_admin=insecure_admin,
     )
     from fruitlab.serving.log import normalize_url
 

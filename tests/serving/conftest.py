@@ -18,6 +18,8 @@ from tests.tracking.helpers import logged_run
 
 FRUITS = ["freshapples", "freshbanana", "freshoranges", "rottenapples", "rottenbanana", "rottenoranges"]
 ACC = "best/val/class/acc"
+ADMIN_TOKEN = "test-admin-token-4f9c2a7e"  # the servers tests start are given this admin token unless told otherwise
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +66,9 @@ def settings_for(registry: SimpleNamespace, db: str, **overrides):
     from fruitlab.serving.settings import ServeSettings
 
     runs.client_for(registry.uri)  # MLflow's global URIs: the model download reads them
-    return ServeSettings(model=registry.model, db=db, tracking_uri=registry.uri, **overrides)
+    return ServeSettings(
+        model=registry.model, db=db, tracking_uri=registry.uri, **{"admin_token": ADMIN_TOKEN, **overrides}
+    )
 
 
 def free_port() -> int:

@@ -15,6 +15,7 @@ MODEL_NAME = "fruits"
 MODEL = f"models:/{MODEL_NAME}@champion"
 MLFLOW_PORT, APP_PORT = 5000, 8000
 ARTIFACTS = "/mlartifacts"  # the volume the tracking server stores artifacts in
+ADMIN_ENV_FILE = "deploy/serve.env"  # FRUITLAB_ADMIN_TOKEN for the app; in neither git nor the image
 
 # What docker-compose.yml says (service names are the hosts).
 COMPOSE = {

@@ -11,14 +11,14 @@ from PIL import Image
 
 from fruitlab.serving.app import create_app
 from fruitlab.serving.log import PredictionLog
-from tests.serving.conftest import FRUITS, settings_for
+from tests.serving.conftest import ADMIN, FRUITS, settings_for
 
 
 @pytest.fixture(scope="module")
 def client(registry, tmp_path_factory):
     db = f"sqlite:///{tmp_path_factory.mktemp('log') / 'predictions.db'}"
     app = create_app(settings_for(registry, db))
-    with TestClient(app) as test_client:
+    with TestClient(app, headers=ADMIN) as test_client:  # the admin token: the log routes need it (test_auth.py)
         yield test_client
 
 

@@ -14,7 +14,7 @@ import requests
 
 from fruitlab.serving.app import create_app
 from tests.browser import chromium
-from tests.serving.conftest import FRUITS, live_server, settings_for
+from tests.serving.conftest import ADMIN, ADMIN_TOKEN, FRUITS, live_server, settings_for
 
 
 def wait(driver, condition, seconds: float = 60):
@@ -56,7 +56,9 @@ def test_upload_a_photo_and_see_the_dashboard(registry, fruit_photos, tmp_path):
         driver.find_element(By.ID, "files").send_keys(str(photo))  # choosing a file starts the prediction
         card = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, ".card.done"))
         shown = card.find_element(By.CSS_SELECTOR, ".label").text
-        (row,) = requests.get(f"{url}/predictions", params={"tag": "browser"}, timeout=10).json()["items"]
+        (row,) = requests.get(f"{url}/predictions", params={"tag": "browser"}, headers=ADMIN, timeout=10).json()[
+            "items"
+        ]
         assert shown == row["label"] and shown in FRUITS  # the label the server logged for this photo
         bars = card.find_elements(By.CSS_SELECTOR, ".prob")
         assert len(bars) == 3 and bars[0].text.startswith(shown)
@@ -73,11 +75,16 @@ def test_upload_a_photo_and_see_the_dashboard(registry, fruit_photos, tmp_path):
 
         driver.get(f"{url}/dashboard")
         total = 1 + len(several)
+        asked = "could not load: this route needs the admin token"
+        wait(driver, lambda d: asked in d.find_element(By.ID, "updated").text)
+        refused = severe(driver)  # the browser logs the two 401s of the log routes; nothing else failed
+        assert refused and all("/predictions" in e and "status of 401" in e for e in refused), refused
+        driver.find_element(By.ID, "token").send_keys(ADMIN_TOKEN + "\n")  # typed once, kept for the tab
         wait(driver, lambda d: d.find_element(By.ID, "kpi-total").text == str(total))
         for chart in ("chart-time", "chart-class", "chart-version"):
             wait(driver, lambda d, c=chart: d.find_elements(By.CSS_SELECTOR, f"#{c} .main-svg"))
         bars = driver.find_elements(By.CSS_SELECTOR, "#chart-class .bars .point")
-        classes = requests.get(f"{url}/predictions/stats", timeout=10).json()["by_label"]
+        classes = requests.get(f"{url}/predictions/stats", headers=ADMIN, timeout=10).json()["by_label"]
         assert len(bars) == len(classes) >= 1
         assert "fruits v1" in driver.find_element(By.ID, "kpi-model").text
         assert len(driver.find_elements(By.CSS_SELECTOR, "#latest tbody tr")) == total

@@ -9,7 +9,7 @@ import requests
 
 from fruitlab.serving.app import create_app
 from fruitlab.serving.log import Filters
-from tests.serving.conftest import add_champion, live_server, settings_for
+from tests.serving.conftest import ADMIN, add_champion, live_server, settings_for
 
 
 def post(url: str, photo) -> requests.Response:
@@ -43,14 +43,14 @@ def test_a_new_champion_is_swapped_in_while_requests_stream(own_registry, fruit_
         try:
             wait_for(10)
             new_version = add_champion(own_registry, 0.9, seed=1)  # promote while requests stream
-            reloaded = requests.post(f"{url}/admin/reload", timeout=120)
+            reloaded = requests.post(f"{url}/admin/reload", headers=ADMIN, timeout=120)
             swapped = time.monotonic()
             wait_for(len(answers) + 10)
         finally:
             stop.set()
             for thread in clients:
                 thread.join(120)
-        again = requests.post(f"{url}/admin/reload", timeout=120).json()
+        again = requests.post(f"{url}/admin/reload", headers=ADMIN, timeout=120).json()
         ready = requests.get(f"{url}/ready", timeout=10).json()
 
     assert reloaded.status_code == 200, reloaded.text
@@ -112,7 +112,7 @@ def test_a_failed_reload_keeps_the_model(own_registry, tmp_path):
     slot = app.state.slot
     slot.reference = "models:/fruits@gone"  # as if someone deleted the alias
     with live_server(app) as url:
-        answer = requests.post(f"{url}/admin/reload", timeout=60)
+        answer = requests.post(f"{url}/admin/reload", headers=ADMIN, timeout=60)
         assert answer.status_code == 503
         assert "reload failed, still serving version" in answer.json()["detail"]
         assert "has no alias 'gone'" in answer.json()["detail"]

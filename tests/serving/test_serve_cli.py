@@ -42,3 +42,14 @@ def test_settings_bound_the_request_body():
     assert settings.max_body_bytes == 3000 + 2**20
     with pytest.raises(FruitlabError, match="--queue and --poll cannot be negative"):
         ServeSettings(model="m", queue=-1)
+
+
+def test_a_weak_or_doubled_admin_token_is_refused_at_start(tmp_path):
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "FRUITLAB_ADMIN_TOKEN": "hunter2"}
+    model = ["--model", "models:/x@champion"]
+    assert_clean_error(run("serve", *model, cwd=tmp_path, env=env), "FRUITLAB_ADMIN_TOKEN is 7 characters")
+    env["FRUITLAB_ADMIN_TOKEN"] = "a" * 32
+    assert_clean_error(
+        run("serve", *model, "--insecure-admin", cwd=tmp_path, env=env), "--insecure-admin with an admin token"
+    )
+    assert not (tmp_path / "predictions.db").exists()

@@ -21,11 +21,13 @@ import requests
 import yaml
 
 from fruitlab.serving.log import Filters, PredictionLog
+from fruitlab.serving.settings import TOKEN_ENV, read_admin_token
 from tests.conftest import PG_SERVER, REPO, SMOKE_EXPERIMENT, fresh_pg_databases
 from tests.serving import stack
 from tests.serving.conftest import free_port
 
 BIN = Path(sys.executable).parent
+TOKEN = "stack-admin-token-5b1e90c3d7"
 
 
 def compose() -> dict:
@@ -56,6 +58,24 @@ def test_compose_names_the_stack_commands():
     init_sql = "".join(p.read_text() for p in sorted((REPO / initdb).glob("*.sql")))
     assert f"CREATE DATABASE {values['log_db'].rsplit('/', 1)[1]} " in init_sql
     assert set(services["app"]["depends_on"]) == {"postgres", "mlflow"}
+
+
+def test_compose_passes_the_admin_token_from_an_env_file_kept_out_of_git_and_the_image():
+    app = compose()["services"]["app"]
+    assert app["env_file"] == [{"path": stack.ADMIN_ENV_FILE, "required": True}]  # `up` fails without it
+    assert not any("TOKEN" in key for key in app["environment"])  # not written into the compose file
+    assert "--insecure-admin" not in app["command"]
+    ignored = subprocess.run(["git", "check-ignore", "-q", stack.ADMIN_ENV_FILE], cwd=REPO, check=False)
+    assert ignored.returncode == 0, f"{stack.ADMIN_ENV_FILE} is not git-ignored"
+    assert stack.ADMIN_ENV_FILE in (REPO / ".dockerignore").read_text().splitlines()  # never baked into the image
+    # the example to copy names the variable serve reads and leaves it empty: routes off, never a shared default
+    example = REPO / f"{stack.ADMIN_ENV_FILE}.example"
+    entries = dict(
+        line.split("=", 1) for line in example.read_text().splitlines() if line.strip() and not line.startswith("#")
+    )
+    assert entries == {TOKEN_ENV: ""} and read_admin_token(entries) is None
+    # what the file gives the container is what `fruitlab serve` reads: a token there protects the routes
+    assert read_admin_token({TOKEN_ENV: "0123456789abcdef" * 4}) == "0123456789abcdef" * 4
 
 
 def test_the_dockerfile_installs_with_the_constraints_and_runs_serve():
@@ -119,6 +139,7 @@ def test_the_stack_as_processes(tmp_path, fruit_data_dir, fruit_photos, pg_datab
         # not leak into these processes (a registry URI from another test would win over the tracking server)
         **{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
         **stack.app_env(tracking),
+        TOKEN_ENV: TOKEN,  # as deploy/serve.env gives it to the app
         "FRUITLAB_DATA_DIR": str(fruit_data_dir),
         "FRUITLAB_EXPERIMENTS": str(experiments),
     }
@@ -155,6 +176,10 @@ def test_the_stack_as_processes(tmp_path, fruit_data_dir, fruit_photos, pg_datab
             answers.append(requests.post(url, files=single, data={"tag": "stack"}, timeout=60))
         assert [a.status_code for a in answers] == [200] * 4, [a.text for a in answers]
         labels = [p["label"] for a in answers for p in a.json()["predictions"]]
+        log_url = f"http://127.0.0.1:{app_port}/predictions"
+        assert requests.get(log_url, timeout=10).status_code == 401
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        assert requests.get(log_url, params={"tag": "stack"}, headers=bearer, timeout=10).json()["total"] == 6
     finally:
         app_log = stop(app)
         stop(server)

@@ -3,12 +3,13 @@
     GET  /                  upload page: choose or drop images, see label(s) and probabilities
     GET  /dashboard         predictions over time, by class and by model version (plotly.js, served from here)
     POST /predict           multipart: `files` (one or more images), optional `tag`; ?top_k=
-    GET  /predictions       the log, newest first, paged; filters label, model_version, tag, since, until
-    GET  /predictions/stats counts by label, version and time bucket; latency percentiles
+    GET  /predictions       the log, newest first, paged; filters label, model_version, tag, since, until  [admin]
+    GET  /predictions/stats counts by label, version and time bucket; latency percentiles                [admin]
     GET  /health, /ready    the process answers / a model is loaded
-    POST /admin/reload      resolve the alias (e.g. champion) now; a new version is swapped in (model_slot.py)
+    POST /admin/reload      resolve the alias (e.g. champion) now; a new version is swapped in (model_slot.py) [admin]
     GET  /docs              OpenAPI (FastAPI's Swagger page loads its own assets from a CDN; nothing else does)
 
+[admin]: `Authorization: Bearer <admin token>` (auth.py); without a configured token these routes are off.
 A request is answered only after its rows are in the log (one transaction); if the write fails the answer is 503.
 Uploads are checked in uploads.py, body size and concurrency bounded in limits.py; every error is {"detail": ...}.
 """
@@ -24,7 +25,7 @@ from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -33,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fruitlab import __version__
 from fruitlab.errors import ModelError
+from fruitlab.serving.auth import admin_mode, require_admin
 from fruitlab.serving.limits import RETRY_AFTER_S, Gate, UploadLimits
 from fruitlab.serving.log import (
     LABEL_JOIN,
@@ -53,6 +55,7 @@ from fruitlab.serving.uploads import CheckedImage, Upload, UploadError, check_up
 log = logging.getLogger(__name__)
 TAG_PATTERN = r"^[\w .:@/+=-]*$"
 ERRORS: dict[int | str, dict[str, Any]] = {s: {"model": Error} for s in (413, 415, 422, 503)}
+GUARDED: dict[int | str, dict[str, Any]] = {s: {"model": Error} for s in (401, 403)}  # see auth.py
 WAIT_RETRY_S = 10.0  # how often a server started without its model (--wait-for-model) looks for it
 
 
@@ -99,8 +102,9 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     _pages(app, Assets())
-    _prediction_routes(app, settings, slot, log_db)
-    _model_routes(app, slot)
+    admin = [Depends(require_admin(settings))]
+    _prediction_routes(app, settings, slot, log_db, admin)
+    _model_routes(app, slot, admin)
     return app
 
 
@@ -112,13 +116,16 @@ def run_server(settings: ServeSettings, host: str, port: int, access_log: bool =
     model = app.state.slot.current
     shown = f"{model.uri} (model {model.name} version {model.version})" if model else f"{settings.model} (waiting)"
     log.info("serving %s at http://%s:%d - log %s", shown, host, port, app.state.log.shown_url)
+    log.info("%s", admin_mode(settings))
     # limit_concurrency is a last resort (uvicorn answers it with a plain-text 503); the Gate answers first.
     limit = max(128, 4 * (settings.concurrency + settings.queue))
     uvicorn.run(app, host=host, port=port, access_log=access_log, limit_concurrency=limit, timeout_graceful_shutdown=30)
 
 
 # ------------------------------------------------------------------------------------------------ routes
-def _prediction_routes(app: FastAPI, settings: ServeSettings, slot: ModelSlot, log_db: PredictionLog) -> None:
+def _prediction_routes(
+    app: FastAPI, settings: ServeSettings, slot: ModelSlot, log_db: PredictionLog, admin: list[Any]
+) -> None:
     @app.post("/predict", response_model=PredictResponse, responses=ERRORS, tags=["predict"])
     async def predict(
         request: Request,
@@ -156,7 +163,7 @@ def _prediction_routes(app: FastAPI, settings: ServeSettings, slot: ModelSlot, l
             predictions=[_answer(c, t, top_k) for c, t in answered],
         )
 
-    @app.get("/predictions", response_model=PredictionPage, tags=["log"])
+    @app.get("/predictions", response_model=PredictionPage, responses=GUARDED, dependencies=admin, tags=["log"])
     async def predictions(
         label: str | None = None,
         model_version: str | None = None,
@@ -173,7 +180,7 @@ def _prediction_routes(app: FastAPI, settings: ServeSettings, slot: ModelSlot, l
             row["created_at"] = row["created_at"].replace(tzinfo=UTC)
         return PredictionPage(total=total, page=page, per_page=per_page, items=rows)
 
-    @app.get("/predictions/stats", tags=["log"])
+    @app.get("/predictions/stats", responses=GUARDED, dependencies=admin, tags=["log"])
     async def stats(
         label: str | None = None,
         model_version: str | None = None,
@@ -188,7 +195,7 @@ def _prediction_routes(app: FastAPI, settings: ServeSettings, slot: ModelSlot, l
         return await run_in_threadpool(log_db.stats, filters, chosen)
 
 
-def _model_routes(app: FastAPI, slot: ModelSlot) -> None:
+def _model_routes(app: FastAPI, slot: ModelSlot, admin: list[Any]) -> None:
     @app.get("/health", tags=["service"])
     async def health() -> dict[str, str]:
         """The process answers (whether or not a model is loaded)."""
@@ -202,7 +209,13 @@ def _model_routes(app: FastAPI, slot: ModelSlot) -> None:
             raise HTTPException(503, f"no model loaded yet: {slot.last_error or 'loading'}")
         return Ready(status="ready", model=model.describe())
 
-    @app.post("/admin/reload", response_model=ReloadResult, responses={503: {"model": Error}}, tags=["service"])
+    @app.post(
+        "/admin/reload",
+        response_model=ReloadResult,
+        responses={**GUARDED, 503: {"model": Error}},
+        dependencies=admin,
+        tags=["service"],
+    )
     async def reload() -> ReloadResult:
         """Resolve the model reference (e.g. models:/NAME@champion) now; load and swap in a new version."""
         try:

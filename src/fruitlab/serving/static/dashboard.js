@@ -1,5 +1,8 @@
 // The dashboard: counts from /predictions/stats and the latest rows from /predictions, drawn with plotly.js.
+// Both need the server's admin token (Authorization: Bearer); it is typed once and kept for this tab only.
 "use strict";
+
+const TOKEN_KEY = "fruitlab-admin-token";
 
 const PALETTE = ["#2f7d4f", "#e07b39", "#3d6fb6", "#c0392b", "#8e6bbf", "#d4a017", "#3aa3a3", "#7f8c8d",
   "#b5651d", "#5d9b2f", "#a0486b", "#34495e"];
@@ -29,7 +32,8 @@ function query() {
 }
 
 async function getJson(url) {
-  const answer = await fetch(url);
+  const token = document.getElementById("token").value.trim();
+  const answer = await fetch(url, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
   const body = await answer.json();
   if (!answer.ok) throw new Error(body.detail || answer.status);
   return body;
@@ -181,6 +185,9 @@ async function showModel() {
 }
 
 for (const id of ["window", "tag", "version"]) document.getElementById(id).addEventListener("change", refresh);
+const tokenInput = document.getElementById("token");
+tokenInput.value = sessionStorage.getItem(TOKEN_KEY) || "";
+tokenInput.addEventListener("change", () => { sessionStorage.setItem(TOKEN_KEY, tokenInput.value.trim()); refresh(); });
 showModel();
 refresh();
 setInterval(() => { showModel(); refresh(); }, 15000);
