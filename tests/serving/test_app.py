@@ -179,3 +179,25 @@ def test_a_16_bit_png_is_answered_like_its_8_bit_copy(client, fruit_photos):
         assert answer.status_code == 200, answer.text
         answers.append({t["label"]: t["probability"] for t in answer.json()["predictions"][0]["tasks"]["class"]})
     assert answers[1] == pytest.approx(answers[0], abs=1e-4)
+
+
+def test_security_headers(client, fruit_photos):
+    for path in ("/", "/dashboard"):  # pages that run only their own scripts
+        page = client.get(path)
+        policy = dict(p.strip().split(" ", 1) for p in page.headers["content-security-policy"].split(";"))
+        assert policy["script-src"] == "'self'" and policy["object-src"] == "'none'"
+        assert policy["frame-ancestors"] == "'none'" and policy["default-src"] == "'self'"
+        assert page.headers["x-content-type-options"] == "nosniff"
+        scripts = [line for line in page.text.splitlines() if "<script" in line]
+        assert scripts and all('src="/static/' in line for line in scripts)  # no inline script the policy blocks
+    answers = [
+        client.get("/static/upload.js"),
+        client.get("/health"),
+        client.get("/nope"),
+        client.post("/predict", files=upload(fruit_photos[0])),
+        client.post("/predict", json={}),  # refused by the upload middleware itself
+    ]
+    assert [a.status_code for a in answers] == [200, 200, 404, 200, 415]
+    for answer in answers:
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["referrer-policy"] == "no-referrer"

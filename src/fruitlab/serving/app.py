@@ -47,7 +47,7 @@ from fruitlab.serving.log import (
     utc_naive,
 )
 from fruitlab.serving.model_slot import LoadedModel, ModelSlot
-from fruitlab.serving.pages import Assets
+from fruitlab.serving.pages import Assets, SecurityHeaders
 from fruitlab.serving.schemas import Error, PredictionPage, PredictResponse, Ready, ReloadResult
 from fruitlab.serving.settings import ServeSettings
 from fruitlab.serving.uploads import CheckedImage, Upload, UploadError, check_upload, multipart_problem, safe_name
@@ -98,6 +98,7 @@ def create_app(
     )
     app.state.settings, app.state.slot, app.state.log = settings, slot, log_db
     app.add_middleware(UploadLimits, max_body=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders)  # added last: outermost, so the limits' own answers get the headers too
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)

@@ -10,7 +10,9 @@ import gzip
 from functools import cached_property
 from importlib import resources
 
+from starlette.datastructures import MutableHeaders
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PLOTLY = "plotly.min.js"
 PAGES = {"upload": "index.html", "dashboard": "dashboard.html"}
@@ -26,6 +28,32 @@ CSP = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
     "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+
+
+# On every answer (pages, assets, JSON, the middleware's own 413/415): the browser takes the declared type, never
+# guesses one from the bytes (an upload echoed back, or a JSON error, is never run as a script or shown as HTML).
+EVERY_RESPONSE = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+
+
+class SecurityHeaders:
+    """ASGI middleware adding EVERY_RESPONSE's headers (the pages add their own Content-Security-Policy)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in EVERY_RESPONSE.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 class Assets:
