@@ -535,6 +535,10 @@ def serve(
     queue: Annotated[
         int, typer.Option("--queue", help="requests waiting beyond those; more get 503 + Retry-After")
     ] = 16,
+    max_request_pixels: Annotated[
+        int,
+        typer.Option("--max-request-pixels", help="decoded pixels of all images of one request together (413 beyond)"),
+    ] = 100_000_000,
     admin_token_file: Annotated[
         Path | None,
         typer.Option(
@@ -573,6 +577,7 @@ def serve(
         max_pixels=max_pixels,
         concurrency=concurrency,
         queue=queue,
+        max_request_pixels=max_request_pixels,
         admin_token=read_admin_token(os.environ, str(admin_token_file) if admin_token_file else None),
         insecure_admin=insecure_admin,
     )

@@ -148,3 +148,19 @@ def test_deep_images_without_a_known_range_are_refused_by_name(tmp_path: Path) -
     scan = scan_images(files.values())  # found when the dataset is scanned, not in the middle of an epoch
     assert sorted(Path(p).name for p, _ in scan.bad) == ["float-1000.tif", "int32-big.tif"]
     assert all("brightness scale is unknown" in reason for _, reason in scan.bad)
+
+
+def test_a_large_png_is_reduced_before_the_rgb_copy_but_still_covers_min_side(tmp_path: Path) -> None:
+    import numpy as np
+    from skimage import data
+
+    photo = Image.fromarray(data.chelsea()).resize((1800, 1200))  # a PNG: no libjpeg draft for it
+    photo.save(tmp_path / "big.png")
+    Image.new("1", (3000, 2000), 1).save(tmp_path / "bits.png")  # mode 1: converted, then reduced
+    reduced = open_rgb(tmp_path / "big.png", min_side=224)
+    assert reduced.size == (1800 // 5, 1200 // 5) and min(reduced.size) >= 224  # the largest whole factor: 5
+    expected = np.asarray(photo.reduce(5), dtype=int)
+    assert np.abs(np.asarray(reduced, dtype=int) - expected).max() <= 1
+    bits = open_rgb(tmp_path / "bits.png", min_side=224)
+    assert bits.size == (3000 // 8, 2000 // 8) and bits.getpixel((0, 0)) == (255, 255, 255)
+    assert open_rgb(tmp_path / "big.png").size == (1800, 1200)  # without min_side: as stored

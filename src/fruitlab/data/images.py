@@ -85,6 +85,9 @@ def open_rgb(path: str | os.PathLike[str] | IO[bytes], min_side: int | None = No
 
     With `min_side`, JPEGs decode at the smallest libjpeg scale (1/2, 1/4, 1/8) whose shorter side still
     covers it: large photos decode several times faster, and the resize that follows keeps the same detail.
+    Any image still twice as large as that (a big PNG, say) is then box-reduced by a whole factor that keeps
+    its shorter side >= min_side, before the RGB copy is made: memory holds one decoded image in its own
+    mode (1 byte a pixel for greyscale) instead of it plus a full-size RGB copy of 3 bytes a pixel.
     """
     try:
         with Image.open(path) as img:
@@ -97,6 +100,10 @@ def open_rgb(path: str | os.PathLike[str] | IO[bytes], min_side: int | None = No
                 img = img.convert("RGBA")  # PIL warns when a palette with transparency goes straight to RGB
             if img.mode in DEEP_MODES:
                 img = to_8bit(img)
+            if min_side and min(img.size) >= 2 * min_side:
+                if img.mode in ("1", "P"):  # modes Image.reduce does not take
+                    img = img.convert("L" if img.mode == "1" else "RGB")
+                img = img.reduce(min(img.size) // min_side)
             rgb = img.convert("RGB")
         # Phone photos store "rotate me" in EXIF; without this they would train (and be served) sideways.
         ImageOps.exif_transpose(rgb, in_place=True)

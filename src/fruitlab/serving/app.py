@@ -50,7 +50,7 @@ from fruitlab.serving.model_slot import LoadedModel, ModelSlot
 from fruitlab.serving.pages import Assets, SecurityHeaders
 from fruitlab.serving.schemas import Error, PredictionPage, PredictResponse, Ready, ReloadResult
 from fruitlab.serving.settings import ServeSettings
-from fruitlab.serving.uploads import CheckedImage, Upload, UploadError, check_upload, multipart_problem, safe_name
+from fruitlab.serving.uploads import CheckedImage, Upload, UploadError, check_request, multipart_problem, safe_name
 
 log = logging.getLogger(__name__)
 TAG_PATTERN = r"^[\w .:@/+=-]*$"
@@ -248,12 +248,13 @@ def _pages(app: FastAPI, assets: Assets) -> None:
 def _label(model: LoadedModel, uploads: list[Upload], settings: ServeSettings, k: int) -> list[tuple[Any, Any]]:
     """Check and decode every file (any bad one refuses the request), then one forward pass for all."""
     try:
-        checked = [
-            check_upload(
-                u, max_bytes=settings.max_bytes, max_pixels=settings.max_pixels, min_side=model.predictor.min_side
-            )
-            for u in uploads
-        ]
+        checked = check_request(
+            uploads,
+            max_bytes=settings.max_bytes,
+            max_pixels=settings.max_pixels,
+            max_request_pixels=settings.max_request_pixels,
+            min_side=model.predictor.min_side,
+        )
     except UploadError as exc:
         raise HTTPException(exc.status, str(exc)) from None
     tasks = model.predictor.predict_images([c.image for c in checked], top_k=k)

@@ -31,6 +31,7 @@ class ServeSettings:
     concurrency: int = 2  # requests decoded and predicted at once
     queue: int = 16  # requests waiting for one of those; beyond: 503 with Retry-After
     top_k: int = 3  # labels answered per image and task (the log keeps LOG_TOP_K)
+    max_request_pixels: int = 100_000_000  # decoded pixels of all files of one request together (memory bound)
     # Bearer token for /admin/reload, /predictions and /predictions/stats; None: those routes are off, unless
     # insecure_admin opens them to anyone who reaches the port. Kept out of repr (settings get logged).
     admin_token: str | None = field(default=None, repr=False)
@@ -43,6 +44,7 @@ class ServeSettings:
             "--max-pixels": self.max_pixels,
             "--concurrency": self.concurrency,
             "--top-k": self.top_k,
+            "--max-request-pixels": self.max_request_pixels,
         }
         for option, value in positive.items():
             if value < 1:

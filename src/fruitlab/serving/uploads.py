@@ -3,7 +3,9 @@
 Each check fails with the HTTP status that says what is wrong: 413 (too large: bytes, or pixels - a decompression
 bomb is a small file that claims a huge image), 415 (not an image: the declared type or the content), 422 (an
 image that cannot be decoded, e.g. truncated). The pixel count is read from the header, before any pixel is
-decoded, and only a few common formats are accepted (PIL can open formats that run external programs, such as
+decoded, per file and for the whole request (many files each under the per-file limit must not add up to gigabytes
+of decoded pixels); files are then decoded one at a time, each shrunk to what the model needs before the next.
+Only a few common formats are accepted (PIL can open formats that run external programs, such as
 EPS). The bytes stay in memory; a client-supplied file name is only echoed back, never used as a path.
 """
 
@@ -49,7 +51,7 @@ class CheckedImage:
     width: int
     height: int
     format: str
-    image: Image.Image  # RGB, EXIF rotation applied; JPEGs decoded at a reduced scale when that still covers min_side
+    image: Image.Image  # RGB, EXIF rotation applied; decoded or reduced to a smaller scale that still covers min_side
 
 
 def safe_name(name: str | None, index: int) -> str:
@@ -59,8 +61,39 @@ def safe_name(name: str | None, index: int) -> str:
     return base or f"file {index + 1}"
 
 
-def check_upload(upload: Upload, *, max_bytes: int, max_pixels: int, min_side: int | None) -> CheckedImage:
-    """The decoded image, or UploadError with the status and a message naming the file."""
+@dataclass
+class Header:
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def check_request(
+    uploads: list[Upload], *, max_bytes: int, max_pixels: int, max_request_pixels: int, min_side: int | None
+) -> list[CheckedImage]:
+    """Every file's header first, then the pixels of all of them together, then the decodes, one at a time.
+
+    Each image is decoded, shrunk to what the model needs (open_rgb's min_side) and its full-size pixels freed
+    before the next one is decoded, so memory holds one full-size image at a time, however many the request has;
+    the request's total (read from the headers, before any decoding) bounds the work.
+    """
+    headers = [check_header(u, max_bytes=max_bytes, max_pixels=max_pixels) for u in uploads]
+    total = sum(h.pixels for h in headers)
+    if total > max_request_pixels:
+        raise UploadError(
+            413,
+            f"the {len(uploads)} images of this request claim {total:,} pixels together, more than the limit of "
+            f"{max_request_pixels:,} per request; send fewer or smaller images per request",
+        )
+    return [decode_upload(u, h, min_side) for u, h in zip(uploads, headers, strict=True)]
+
+
+def check_header(upload: Upload, *, max_bytes: int, max_pixels: int) -> Header:
+    """Size, declared type, format and pixel count from the header only; UploadError naming the file."""
     name = repr(upload.name)
     size = len(upload.data)
     if size > max_bytes:
@@ -85,13 +118,18 @@ def check_upload(upload: Upload, *, max_bytes: int, max_pixels: int, min_side: i
             f"{name} claims {width} x {height} = {width * height:,} pixels, more than the limit of {max_pixels:,} "
             "(a decompression bomb, or a photo to shrink first)",
         )
+    return Header(fmt, width, height)
+
+
+def decode_upload(upload: Upload, header: Header, min_side: int | None) -> CheckedImage:
+    """The full decode (a truncated file fails here), shrunk to min_side where it is larger; UploadError 422."""
     try:
-        image = open_rgb(io.BytesIO(upload.data), min_side)  # the full decode: a truncated file fails here
+        image = open_rgb(io.BytesIO(upload.data), min_side)
     except DataError as exc:
         reason = str(exc).split(": ", 1)[-1].removesuffix("; replace or delete the file")
-        raise UploadError(422, f"{name} is a {fmt} image that cannot be decoded: {reason}") from None
+        raise UploadError(422, f"{upload.name!r} is a {header.format} image that cannot be decoded: {reason}") from None
     digest = hashlib.sha256(upload.data).hexdigest()
-    return CheckedImage(upload.name, digest, size, width, height, fmt, image)
+    return CheckedImage(upload.name, digest, len(upload.data), header.width, header.height, header.format, image)
 
 
 def multipart_problem(exc: BaseException) -> str | None:
