@@ -265,7 +265,7 @@ def predict(
     if output is not None and output.suffix.lower() not in (".csv", ".json"):
         raise FruitlabError(f"--output {output}: write .csv or .json")
     from fruitlab.evaluation.confidence import check_threshold
-    from fruitlab.serving.predict import find_images, format_prediction, load_predictor, write_predictions
+    from fruitlab.inference.predict import find_images, format_prediction, load_predictor, write_predictions
 
     check_threshold(threshold)
 
@@ -322,12 +322,12 @@ def evaluate(
     """Evaluate a model on a split: metrics, calibration, thresholds, images, Grad-CAM; an MLflow run + HTML."""
     _env(tracking_uri, mirror)
     from fruitlab.evaluation.confidence import check_threshold
-    from fruitlab.serving.evaldata import check_data, check_split
+    from fruitlab.inference.evaldata import check_data, check_split
 
     check_threshold(threshold)  # cheap checks before the heavy imports
     check_split(split)
     check_data(data)
-    from fruitlab.serving.evaluate import evaluate as run_evaluate
+    from fruitlab.inference.evaluate import evaluate as run_evaluate
 
     result = run_evaluate(
         model,
@@ -408,7 +408,7 @@ def export(
 ) -> None:
     """Export a model to ONNX or TorchScript (labels and preprocessing beside it); check it against PyTorch."""
     _env(tracking_uri, mirror)
-    from fruitlab.serving.export import export_model
+    from fruitlab.inference.export import export_model
 
     result = export_model(
         model,

@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from fruitlab.errors import ModelError
-from fruitlab.serving.predict import RUN_ID, Predictor, load_predictor, resolve_model_uri
+from fruitlab.inference.predict import RUN_ID, Predictor, load_predictor, resolve_model_uri
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from fruitlab.data.datamodule import ImageDataModule
 from fruitlab.data.registry import load_dataset
 from fruitlab.errors import TrackingError
 from fruitlab.evaluation.report import confusion_figure, evaluate_tasks, format_evaluation, predict_batches
+from fruitlab.inference.model_format import log_classifier
 from fruitlab.models.classifier import build_classifier
 from fruitlab.models.names import check_backbone_name
 from fruitlab.tracking import runs
-from fruitlab.tracking.models import log_classifier
 from fruitlab.training.cached_data import PhasedDataModule
 from fruitlab.training.featurecache import FeatureCache
 from fruitlab.training.module import JOINT, ClassifierModule

@@ -33,7 +33,7 @@ import torch
 
 from fruitlab.data.images import load_rgb_array
 from fruitlab.errors import DataError, FruitlabError, ModelError, did_you_mean
-from fruitlab.serving.predict import TASK, Predictor, find_images, load_predictor
+from fruitlab.inference.predict import TASK, Predictor, find_images, load_predictor
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 INPUT_NAME = "image"

@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from fruitlab.evaluation.html import SECTIONS
-from fruitlab.serving.predict import find_images, load_predictor
+from fruitlab.inference.predict import find_images, load_predictor
 from fruitlab.tracking import evaluations, runs
 from tests.browser import chromium
 from tests.conftest import real_photo_crops
@@ -197,7 +197,7 @@ def test_predict_answers_unknown_below_the_threshold(store, client):
 
 
 def test_a_multi_task_model_gets_every_task_and_the_joint_accuracy(store, client, tmp_path):
-    from fruitlab.serving.evaluate import evaluate
+    from fruitlab.inference.evaluate import evaluate
 
     result = evaluate(store.multi, str(store.fruit), split="val", out=tmp_path, device="cpu")
     tasks = result.evaluation["tasks"]
@@ -223,8 +223,8 @@ def test_a_multi_task_model_gets_every_task_and_the_joint_accuracy(store, client
 )
 def test_grad_cam_finds_the_last_feature_map_of_each_family(backbone, head, layer):
     from fruitlab.config import ModelConfig, PreprocessConfig
+    from fruitlab.inference.saliency import find_target_layer, gradcam_maps
     from fruitlab.models.classifier import build_classifier
-    from fruitlab.serving.saliency import find_target_layer, gradcam_maps
 
     torch.manual_seed(0)
     model, _ = build_classifier(

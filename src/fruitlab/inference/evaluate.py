@@ -26,10 +26,10 @@ from fruitlab.evaluation.confidence import check_threshold, fit_temperature, nll
 from fruitlab.evaluation.html import render_report
 from fruitlab.evaluation.metrics import evaluate_probabilities, headline
 from fruitlab.evaluation.records import predictions_csv
-from fruitlab.serving import evalreport
-from fruitlab.serving.evaldata import EvalData, check_split, load_eval_data, load_run_experiment
-from fruitlab.serving.predict import Predictor, load_predictor
-from fruitlab.serving.scoring import Scores, probabilities, score
+from fruitlab.inference import evalreport
+from fruitlab.inference.evaldata import EvalData, check_split, load_eval_data, load_run_experiment
+from fruitlab.inference.predict import Predictor, load_predictor
+from fruitlab.inference.scoring import Scores, probabilities, score
 from fruitlab.tracking import evaluations, runs
 
 
