@@ -116,7 +116,7 @@ def test_a_multi_task_model_prints_every_task(tracking, photos):
         ("models:/photoz@champion", "did you mean 'photos'"),
         ("models:/photos@champ", "did you mean 'champion'"),
         ("models:/photos/7", "has no version '7'"),
-        ("0" * 32, "is not in the tracking store"),
+        ("0" * 32, "no run '0000"),
     ],
 )
 def test_unknown_models_say_what_exists(tracking, model, fragment):

@@ -10,7 +10,7 @@ from torch import nn
 
 from fruitlab.config import HeadConfig, MlpConfig, ModelConfig, PreprocessConfig, SharedConfig, TaskHeadConfig
 from fruitlab.errors import ModelError, did_you_mean
-from fruitlab.models.backbone import build_backbone, resolve_preprocess
+from fruitlab.models.backbone import build_backbone, resolve_preprocess, timm_arch
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -67,9 +67,13 @@ class Classifier(nn.Module):
         backbone_name: str,
         shared: SharedConfig | None = None,
         heads: dict[str, TaskHeadConfig] | None = None,
+        timm_kwargs: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.backbone = backbone
+        # How to build this exact module again (models/spec.py): timm's name and keyword arguments, the head configs.
+        self.timm_kwargs = dict(timm_kwargs or {})
+        self.head_cfg, self.shared_cfg, self.heads_cfg = head, shared, heads
         self.pool_type = head.pool
         if head.pool == "model":
             self.pool: nn.Module = nn.Identity()
@@ -113,7 +117,9 @@ def build_classifier(
     check_heads(cfg, tasks, where)
     backbone, weights = build_backbone(cfg, where)
     pre = resolve_preprocess(backbone, preprocess_cfg)
-    model = Classifier(backbone, tasks, cfg.head, pre.to_dict(), cfg.backbone, cfg.shared, cfg.heads)
+    model = Classifier(
+        backbone, tasks, cfg.head, pre.to_dict(), timm_arch(cfg), cfg.shared, cfg.heads, timm_kwargs=cfg.kwargs
+    )
     return model, weights
 
 

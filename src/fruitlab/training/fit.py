@@ -27,7 +27,7 @@ from fruitlab.evaluation.report import confusion_figure, evaluate_tasks, format_
 from fruitlab.inference.model_format import log_classifier
 from fruitlab.models.classifier import build_classifier
 from fruitlab.models.names import check_backbone_name
-from fruitlab.tracking import runs
+from fruitlab.tracking import runs, tags
 from fruitlab.training.cached_data import PhasedDataModule
 from fruitlab.training.featurecache import FeatureCache
 from fruitlab.training.module import JOINT, ClassifierModule
@@ -109,16 +109,16 @@ def _fit(
 
     # 4. Tracking: one run per fit (the same run again on --resume).
     uri = runs.tracking_uri(exp.tracking.uri)
-    tags = {
-        "fruitlab.backbone": exp.model.backbone,
-        "fruitlab.weights": weights,
-        "fruitlab.dataset": exp.data.dataset,
-        "fruitlab.dataset_fingerprint": splits.fingerprint,
-        "fruitlab.classes": ",".join(splits.classes),
-        "fruitlab.tasks": ",".join(splits.tasks),
+    run_tags = {
+        tags.BACKBONE: exp.model.backbone,
+        tags.WEIGHTS: weights,
+        tags.DATASET: exp.data.dataset,
+        tags.DATASET_FINGERPRINT: splits.fingerprint,
+        tags.CLASSES: ",".join(splits.classes),
+        tags.TASKS: ",".join(splits.tasks),
         **(extra_tags or {}),
     }
-    run_id = _open_run(exp, uri, tags, resume_run_id)
+    run_id = _open_run(exp, uri, run_tags, resume_run_id)
     if rank_zero_only.rank == 0:
         log.info("MLflow run %s, experiment %r, tracking %s", run_id, exp.tracking.experiment or exp.name, uri)
     checkpoint_dir = CHECKPOINT_ROOT / run_id
@@ -176,7 +176,7 @@ def _fit(
     best = checkpoint.best_model_path or checkpoint.last_model_path
     best_phase = plan.index
     if best:
-        state = torch.load(best, map_location="cpu", weights_only=False)
+        state = torch.load(best, map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])
         best_phase = int(state.get("fruitlab_phase", {}).get("index", plan.index))
     client = runs.client_for(uri)
@@ -187,13 +187,11 @@ def _fit(
             report = _evaluate_and_log(client, run_id, model, datamodule, split, cached)
             result.reports[split] = report
     result.metrics = {f"{k}": v for k, v in _summary_metrics(result.reports).items()}
-    runs.set_tags(
-        client, run_id, {"fruitlab.checkpoint_dir": str(checkpoint_dir.resolve()), "fruitlab.best_checkpoint": best}
-    )
+    runs.set_tags(client, run_id, {tags.CHECKPOINT_DIR: str(checkpoint_dir.resolve()), tags.BEST_CHECKPOINT: best})
     if exp.tracking.log_model:
         example = datamodule.dataset("val")[0][0].unsqueeze(0)
         result.model_uri = log_classifier(model, run_id, example)
-        runs.set_tags(client, run_id, {"fruitlab.model_uri": result.model_uri})
+        runs.set_tags(client, run_id, {tags.MODEL_URI: result.model_uri})
     result.seconds = time.perf_counter() - started
     runs.log_metrics(client, run_id, {"fit_seconds": result.seconds})
     runs.finish_run(client, run_id, "FINISHED")
