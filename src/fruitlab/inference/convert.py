@@ -138,7 +138,7 @@ def _register(client: Any, result: Conversion, name: str, old_version: str) -> N
     version = mlflow.register_model(result.target, name).version
     result.registered = f"models:/{name}/{version}"
     aliases = client.get_registered_model(name).aliases or {}
-    for alias, points_at in aliases.items():
+    for alias, points_at in sorted(aliases.items()):
         if str(points_at) == old_version:
             client.set_registered_model_alias(name, alias, str(version))
             result.moved_aliases.append(alias)

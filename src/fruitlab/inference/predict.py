@@ -31,7 +31,7 @@ from fruitlab.evaluation.confidence import UNKNOWN
 from fruitlab.inference.model_format import load_model_dir
 from fruitlab.names import SINGLE_TASK
 from fruitlab.tracking import evaluations, refs
-from fruitlab.tracking.refs import ResolvedModel
+from fruitlab.tracking.refs import ModelRef, ResolvedModel
 
 DECODE_THREADS = 2  # PIL releases the GIL while decoding
 
@@ -148,7 +148,9 @@ def load_predictor(
 
 def resolve_model(model: str, uri: str | None = None) -> ResolvedModel:
     """`model` looked up in the tracking store (tracking/refs.py: one parser, one set of errors)."""
-    return refs.resolve(_client(uri), model, uri or mlflow.get_tracking_uri())
+    ref = ModelRef.parse(model)
+    client = None if ref.kind == "folder" else _client(uri)  # a folder needs no store (none is created)
+    return refs.resolve(client, ref, uri or mlflow.get_tracking_uri())
 
 
 def find_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:

@@ -103,11 +103,16 @@ class ResolvedModel:
     version: str | None = None
 
 
-def resolve(client: MlflowClient, ref: ModelRef | str, uri: str) -> ResolvedModel:
-    """Look `ref` up in the store at `uri`; ModelRefError naming what exists when it names nothing."""
+def resolve(client: MlflowClient | None, ref: ModelRef | str, uri: str) -> ResolvedModel:
+    """Look `ref` up in the store at `uri`; ModelRefError naming what exists when it names nothing.
+
+    A folder needs no store: `client` may then be None.
+    """
     ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
     if ref.kind == "folder":
         return ResolvedModel(ref, str(ref.path))
+    if client is None:
+        raise ModelRefError(f"{ref.text}: a tracking store is needed to resolve it")
     if ref.kind == "logged_model":
         model_id = str(ref.model_id)
         return ResolvedModel(ref, f"models:/{model_id}", _run_of_logged_model(client, model_id), model_id)
