@@ -298,7 +298,8 @@ def predict(
     unknown = sum(1 for p in predictions if "unknown" in p.answers.values())
     note += f", {unknown} unknown below {threshold:g}" if threshold is not None else ""
     note += f", temperature {predictor.temperature}" if predictor.temperature else ""
-    typer.echo(f"{len(predictions) - bad} images labelled by {predictor.source}{note}{written}", err=True)
+    shown = model if model == predictor.source else f"{model} ({predictor.source})"  # an alias: its version too
+    typer.echo(f"{len(predictions) - bad} images labelled by {shown}{note}{written}", err=True)
 
 
 @app.command()

@@ -11,6 +11,9 @@ SINGLE_TASK = "class"  # the one task of a single-task model
 JOINT = "joint"  # multi-task: every task right at once
 
 
+PER_EPOCH = ("acc", "f1_macro")  # what fit logs per task every epoch; its final evaluation uses the same names
+
+
 def metric_key(stage: str, task: str, metric: str) -> str:
     """`{stage}/{task}/{metric}`, e.g. metric_key('best/val', 'class', 'acc') == 'best/val/class/acc'."""
     return f"{stage}/{task}/{metric}"

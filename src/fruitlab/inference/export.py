@@ -108,10 +108,7 @@ def export_model(
     export_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    with _quiet():
-        exported = _run_onnx(path, images) if fmt == "onnx" else _run_torchscript(path, images)
-    reference = _outputs(module, images)
-    logits_diff, probs_diff = _differences(reference, exported)
+    logits_diff, probs_diff = _check(module, path, fmt, images)
     result = ExportResult(
         path=path,
         format=fmt,
@@ -184,6 +181,13 @@ def _output_path(model: str, fmt: str, out: str | Path | None) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ check
+def _check(module: torch.nn.Module, path: Path, fmt: str, images: torch.Tensor) -> tuple[float, float]:
+    """(logits, probabilities) max abs difference between the exported file and the PyTorch model on `images`."""
+    with _quiet():
+        exported = _run_onnx(path, images) if fmt == "onnx" else _run_torchscript(path, images)
+    return _differences(_outputs(module, images), exported)
+
+
 def _check_images(
     predictor: Predictor, model: str, check_dir: Any, check_data: str | None, samples: int, data_dir: str | None
 ) -> tuple[torch.Tensor, str, int]:
