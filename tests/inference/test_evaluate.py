@@ -22,7 +22,7 @@ from PIL import Image
 
 from fruitlab.evaluation.html import SECTIONS
 from fruitlab.inference.predict import find_images, load_predictor
-from fruitlab.tracking import evaluations, runs
+from fruitlab.tracking import evaluations, runs, tags
 from tests.browser import chromium
 from tests.conftest import real_photo_crops
 from tests.test_cli import assert_clean_error, run
@@ -158,9 +158,9 @@ def test_the_evaluation_run_is_linked_to_the_model_and_stores_its_temperature(st
     run_id, _ = _summary(store)
     evaluation, source = client.get_run(run_id), client.get_run(store.single)
     assert evaluation.info.experiment_id == source.info.experiment_id
-    assert evaluation.data.tags[evaluations.SOURCE_RUN_TAG] == store.single
-    assert evaluation.data.tags[evaluations.KIND_TAG] == "evaluation"
-    assert source.data.tags[evaluations.LAST_EVALUATION_TAG] == run_id
+    assert evaluation.data.tags[tags.SOURCE_RUN] == store.single
+    assert evaluation.data.tags[tags.RUN_KIND] == "evaluation"
+    assert source.data.tags[tags.LAST_EVALUATION] == run_id
     model_id = source.data.tags["fruitlab.model_uri"].removeprefix("models:/")
     assert [m.model_id for m in evaluation.inputs.model_inputs] == [model_id]
     assert {m.key for m in client.get_logged_model(model_id).metrics} >= {"test/class/acc", "test/class/ece"}
