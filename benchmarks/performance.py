@@ -383,7 +383,7 @@ def predict(sizes: Sizes, args: argparse.Namespace) -> list[str]:
 
     from fruitlab.data.images import open_rgb
     from fruitlab.data.registry import load_dataset
-    from fruitlab.serving.predict import load_predictor
+    from fruitlab.inference.predict import load_predictor
 
     splits = load_dataset(DataConfig(dataset="fruits_fresh_rotten", split="dli"), seed=0)
     val = splits.splits["val"].items

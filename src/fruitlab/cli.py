@@ -47,6 +47,23 @@ ThresholdOpt = Annotated[
     float | None,
     typer.Option("--threshold", help="answer 'unknown' where the top probability is below this (0-1)"),
 ]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID, runs:/RUN_ID/model, a run id (or a unique "
+        "prefix) or a model folder",
+    ),
+]
+TrustPickleOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="also load a model an older fruitlab logged as a pickle; unpickling runs code from the tracking store, "
+        "so only for a store you trust (better: fruitlab convert-model)",
+    ),
+]
 MirrorOpt = Annotated[
     str | None, typer.Option("--mirror", help="local folder holding dataset archives (default: $FRUITLAB_DATA_MIRROR)")
 ]
@@ -246,12 +263,7 @@ def promote(
 @app.command()
 def predict(
     images: Annotated[list[Path], typer.Argument(help="image files and folders (searched recursively)")],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a run id or a folder"
-        ),
-    ],
+    model: ModelOpt,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="labels per image and task")] = 1,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="also write every prediction: .csv or .json")
@@ -259,6 +271,7 @@ def predict(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 32,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")] = "auto",
     threshold: ThresholdOpt = None,
+    trust_pickle: TrustPickleOpt = False,
     tracking_uri: UriOpt = None,
 ) -> None:
     """Label images with a logged or registered model, using its own preprocessing and labels."""
@@ -266,14 +279,14 @@ def predict(
     if output is not None and output.suffix.lower() not in (".csv", ".json"):
         raise FruitlabError(f"--output {output}: write .csv or .json")
     from fruitlab.evaluation.confidence import check_threshold
-    from fruitlab.serving.predict import find_images, format_prediction, load_predictor, write_predictions
+    from fruitlab.inference.predict import find_images, format_prediction, load_predictor, write_predictions
 
     check_threshold(threshold)
 
     paths = find_images(images)
     if not paths:
         raise FruitlabError(f"no image files in {', '.join(map(str, images))}")
-    predictor = load_predictor(model, device=device)
+    predictor = load_predictor(model, device=device, trust_pickle=trust_pickle)
     predictions = []
     for pred in predictor.predict(paths, top_k=top_k, batch_size=batch_size, threshold=threshold):
         predictions.append(pred)
@@ -286,17 +299,13 @@ def predict(
     unknown = sum(1 for p in predictions if "unknown" in p.answers.values())
     note += f", {unknown} unknown below {threshold:g}" if threshold is not None else ""
     note += f", temperature {predictor.temperature}" if predictor.temperature else ""
-    typer.echo(f"{len(predictions) - bad} images labelled by {predictor.source}{note}{written}", err=True)
+    shown = model if model == predictor.source else f"{model} ({predictor.source})"  # an alias: its version too
+    typer.echo(f"{len(predictions) - bad} images labelled by {shown}{note}{written}", err=True)
 
 
 @app.command()
 def evaluate(
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a run id or a folder"
-        ),
-    ],
+    model: ModelOpt,
     data: Annotated[
         str,
         typer.Option(
@@ -316,6 +325,7 @@ def evaluate(
     out: Annotated[Path | None, typer.Option("--out", help="folder for the HTML report (default: ./reports)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 32,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    trust_pickle: TrustPickleOpt = False,
     tracking_uri: UriOpt = None,
     data_dir: DataDirOpt = None,
     mirror: MirrorOpt = None,
@@ -323,12 +333,12 @@ def evaluate(
     """Evaluate a model on a split: metrics, calibration, thresholds, images, Grad-CAM; an MLflow run + HTML."""
     _env(tracking_uri, mirror)
     from fruitlab.evaluation.confidence import check_threshold
-    from fruitlab.serving.evaldata import check_data, check_split
+    from fruitlab.inference.evaldata import check_data, check_split
 
     check_threshold(threshold)  # cheap checks before the heavy imports
     check_split(split)
     check_data(data)
-    from fruitlab.serving.evaluate import evaluate as run_evaluate
+    from fruitlab.inference.evaluate import evaluate as run_evaluate
 
     result = run_evaluate(
         model,
@@ -341,6 +351,7 @@ def evaluate(
         data_dir=data_dir,
         device=device,
         batch_size=batch_size,
+        trust_pickle=trust_pickle,
     )
     typer.echo(f"{result.summary()}  ({result.seconds:.0f} s)")
 
@@ -351,7 +362,7 @@ def compare(
         list[str] | None,
         typer.Argument(
             metavar="[RUN_OR_MODEL]...",
-            help="run ids (or unique prefixes), runs:/ID/model, models:/NAME@ALIAS, models:/NAME/VERSION",
+            help="run ids (or unique prefixes), runs:/ID/model, models:/NAME@ALIAS, models:/NAME/VERSION, models:/m-ID",
         ),
     ] = None,
     experiment: Annotated[
@@ -381,12 +392,7 @@ def compare(
 
 @app.command()
 def export(
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model", "-m", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model, a run id or a folder"
-        ),
-    ],
+    model: ModelOpt,
     fmt: Annotated[str, typer.Option("--format", "-f", help="onnx or torchscript")] = "onnx",
     out: Annotated[
         Path | None,
@@ -403,13 +409,14 @@ def export(
     tolerance: Annotated[
         float, typer.Option("--tolerance", min=0, help="largest allowed abs difference of logits and probabilities")
     ] = 1e-4,
+    trust_pickle: TrustPickleOpt = False,
     tracking_uri: UriOpt = None,
     data_dir: DataDirOpt = None,
     mirror: MirrorOpt = None,
 ) -> None:
     """Export a model to ONNX or TorchScript (labels and preprocessing beside it); check it against PyTorch."""
     _env(tracking_uri, mirror)
-    from fruitlab.serving.export import export_model
+    from fruitlab.inference.export import export_model
 
     result = export_model(
         model,
@@ -420,9 +427,27 @@ def export(
         samples=samples,
         tolerance=tolerance,
         data_dir=data_dir,
+        trust_pickle=trust_pickle,
     )
     for line in result.summary():
         typer.echo(line)
+
+
+@app.command("convert-model")
+def convert_model(
+    model: ModelOpt,
+    trust_pickle: TrustPickleOpt = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="write an MLflow model folder here instead of logging to the model's run"),
+    ] = None,
+    tracking_uri: UriOpt = None,
+) -> None:
+    """Rewrite a model an older fruitlab logged as a pickle as safetensors + a JSON spec (checked: same logits)."""
+    _env(tracking_uri, None)
+    from fruitlab.inference.convert import convert_model as run_convert
+
+    typer.echo(run_convert(model, out=out, trust_pickle=trust_pickle).summary())
 
 
 @app.command()
@@ -505,7 +530,8 @@ def serve(
         typer.Option(
             "--model",
             "-m",
-            help="models:/NAME@champion (followed when the alias moves), models:/NAME/VERSION, a run id or a folder",
+            help="models:/NAME@champion (followed when the alias moves), models:/NAME/VERSION, models:/m-ID, "
+            "runs:/RUN_ID/model, a run id (or a unique prefix) or a model folder; never a pickle (convert-model)",
         ),
     ],
     db: Annotated[

@@ -30,6 +30,10 @@ class TrackingError(FruitlabError):
     """MLflow store, run or registry problem."""
 
 
+class ModelRefError(ModelError, TrackingError):
+    """A model reference (tracking/refs.py) is malformed or names nothing in the tracking store."""
+
+
 class SweepError(FruitlabError):
     """An Optuna study or its storage cannot be used as asked."""
 

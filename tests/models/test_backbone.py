@@ -114,3 +114,19 @@ def test_pretrained_tags_are_checked_by_their_architecture_name():
     check_backbone_name("resnet50.tv_in1k")
     with pytest.raises(ModelError, match="did you mean 'resnet50'"):
         check_backbone_name("resnt50.tv_in1k")
+
+
+@pytest.mark.parametrize("pool", ["model", "avg", "avgmax"])
+def test_the_classifier_splits_its_forward_as_timm_models_do(pool):
+    """forward == forward_head(forward_features): the feature cache relies on it instead of copying the pooling."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="test_efficientnet", pretrained=False, head=HeadConfig(pool=pool, hidden=[8]))
+    model, _ = build_classifier(cfg, PreprocessConfig(input_size=64), ["a", "b"])
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        features = model.eval().forward_features(x)  # (B, C, h, w)
+        assert features.ndim == 4
+        pooled = model.forward_head(features, pre_logits=True)  # (B, F)
+        assert pooled.shape == (2, model.head[0].in_features)
+        torch.testing.assert_close(model.forward_head(features), model(x), atol=0, rtol=0)
+        torch.testing.assert_close(model.head(pooled), model(x), atol=0, rtol=0)

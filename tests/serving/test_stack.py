@@ -164,7 +164,7 @@ def test_the_stack_as_processes(tmp_path, fruit_data_dir, fruit_photos, pg_datab
             assert done.returncode == 0, done.stderr[-3000:]
         assert "champion" in done.stdout and f"models:/{stack.MODEL_NAME}/1" in done.stdout
         model_files = {p.name for p in artifacts.rglob("*") if p.is_file()}
-        assert {"MLmodel", "labels.json", "preprocessing.json", "model.pth"} <= model_files  # stored via HTTP
+        assert {"MLmodel", "spec.json", "model.safetensors"} <= model_files  # stored via HTTP
 
         ready = wait_for(f"http://127.0.0.1:{app_port}/ready", app, 120).json()  # the poller found the champion
         assert ready["model"]["name"] == stack.MODEL_NAME and ready["model"]["version"] == "1"

@@ -180,7 +180,7 @@ def test_promote_then_predict_real_photos_in_fresh_processes(swept, tmp_path):
     )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert "broken.png  error:" in predicted.stderr
-    assert "6 images labelled by models:/tiny@champion, 1 unreadable" in predicted.stderr
+    assert "6 images labelled by models:/tiny@champion (models:/tiny/1), 1 unreadable" in predicted.stderr
     assert len(predicted.stdout.splitlines()) == 6
     rows = json.loads(out.read_text())
     assert len(rows) == 7 and sum("error" in r for r in rows) == 1

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from fruitlab.config import ModelConfig, PreprocessConfig
+from fruitlab.inference.model_format import log_classifier
 from fruitlab.models.classifier import build_classifier
 from fruitlab.tracking import runs
-from fruitlab.tracking.models import log_classifier
 
 CLASSES = ["cat", "coffee"]
 TASKS = {"fruit": ["apple", "banana", "orange"], "freshness": ["fresh", "rotten"]}

@@ -144,7 +144,7 @@ def test_a_multi_task_run_has_curves_per_task(store, tmp_path):
         ({"experiment": "cmpp"}, "did you mean 'cmp'?"),
         ({"experiment": "cmp", "metric": "best/val/class/ac"}, "did you mean 'best/val/class/acc'"),
         ({"run_refs": ["0" * 32]}, "it has 5 runs in experiments cmp, multi"),
-        ({"run_refs": ["champion"]}, "no run 'champion'"),
+        ({"run_refs": ["champion"]}, "unknown model 'champion': expected models:/NAME@ALIAS"),
         ({"run_refs": ["models:/cmp@champ"]}, "did you mean 'champion'"),
         ({"run_refs": ["models:/cmp/9"]}, "has no version '9' (versions: 1)"),
         ({}, "not both or neither"),

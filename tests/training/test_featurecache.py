@@ -47,7 +47,13 @@ def train(splits, tmp_path, phases, cache="auto", augment=None, backbone="test_e
     module = ClassifierModule(model, plan, channels_last=True, augment=data.augment, feature_cache=features)
     dm = PhasedDataModule(splits, data, model.preprocess, seed=0, feature_cache=features, plan=plan)
     calls = {"fit": 0}
-    model.backbone.register_forward_hook(lambda *_: calls.__setitem__("fit", calls["fit"] + 1))
+    backbone_features = model.backbone.forward_features  # what the classifier's forward_features runs
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        calls["fit"] += 1
+        return backbone_features(x)
+
+    model.backbone.forward_features = counted
     trainer = L.Trainer(
         max_epochs=sum(p.epochs for p in phases),
         logger=False,
@@ -114,7 +120,7 @@ def test_flips_are_cached_as_views_drawn_with_their_probability(photo_splits, tm
     image = module.prepare_input(dm.dataset("train")[3][0].unsqueeze(0))
     module.eval()
     with torch.no_grad():
-        expected = module.model.forward_features(image.flip(-1))
+        expected = module.model.forward_head(module.model.forward_features(image.flip(-1)), pre_logits=True)
     torch.testing.assert_close(train_tensor[1, 3], expected[0], atol=1e-5, rtol=1e-5)
     from fruitlab.training.featurecache import draw_views
 

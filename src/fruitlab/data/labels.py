@@ -17,8 +17,7 @@ from typing import Any
 
 from fruitlab.config import LabelsConfig
 from fruitlab.errors import DataError
-
-SINGLE_TASK = "class"
+from fruitlab.names import SINGLE_TASK
 
 
 @dataclass

@@ -19,7 +19,7 @@ from fruitlab.data.balance import class_weights
 from fruitlab.data.checks import quick_check
 from fruitlab.data.fetch import resolve_data_dir, resolve_mirror
 from fruitlab.data.images import warn_bad_files
-from fruitlab.data.labels import SINGLE_TASK, derive_task_labels
+from fruitlab.data.labels import derive_task_labels
 from fruitlab.data.splitting import (
     Grouped,
     cap_per_class,
@@ -29,6 +29,7 @@ from fruitlab.data.splitting import (
     stratified_split,
 )
 from fruitlab.errors import DataError, did_you_mean
+from fruitlab.names import SINGLE_TASK
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,6 @@
-"""Classification metrics from raw predictions: overall, per class, and the confusion matrix.
+"""Fit's final evaluation around the metrics: probabilities from batches, the confusion figure, the terminal text.
 
-Plain torch + torchmetrics, no Lightning: fit uses it at the end of training, and serving-side tools can use
-it on a loaded model.
+The metrics themselves come from evaluation/metrics.py, the one pipeline `fruitlab evaluate` uses too.
 """
 
 from __future__ import annotations
@@ -10,15 +9,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torchmetrics.functional.classification import (
-    multiclass_accuracy,
-    multiclass_confusion_matrix,
-    multiclass_f1_score,
-    multiclass_precision,
-    multiclass_recall,
-)
 
-SINGLE_TASK = "class"  # what a single-task model's one task is called in metric names
+from fruitlab.names import SINGLE_TASK
 
 
 @torch.inference_mode()
@@ -40,50 +32,6 @@ def predict_batches(
             probs.setdefault(task, []).append(logits.float().softmax(-1).cpu())
             labels.setdefault(task, []).append(torch.as_tensor(target[task]))
     return {t: torch.cat(v) for t, v in probs.items()}, {t: torch.cat(v) for t, v in labels.items()}
-
-
-def evaluate_tasks(
-    probs: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], tasks: dict[str, list[str]]
-) -> dict[str, Any]:
-    """{'n', 'tasks': {task: classification_report}, 'joint_acc'}; joint = every task right (None if one task)."""
-    reports = {task: classification_report(probs[task], labels[task], names) for task, names in tasks.items()}
-    joint = None
-    if len(tasks) > 1:
-        right = torch.stack([probs[t].argmax(-1) == labels[t] for t in tasks]).all(0)
-        joint = float(right.float().mean())
-    n = len(next(iter(labels.values())))
-    return {"n": n, "tasks": reports, "joint_acc": joint}
-
-
-def classification_report(probs: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    n = len(classes)
-    preds = probs.argmax(-1)
-    kw: dict[str, Any] = {"num_classes": n}
-    per_class = {
-        "precision": multiclass_precision(preds, labels, average="none", **kw),
-        "recall": multiclass_recall(preds, labels, average="none", **kw),
-        "f1": multiclass_f1_score(preds, labels, average="none", **kw),
-    }
-    support = torch.bincount(labels, minlength=n)
-    return {
-        "n": len(labels),
-        "acc": float(multiclass_accuracy(preds, labels, average="micro", **kw)),
-        "precision_macro": float(multiclass_precision(preds, labels, average="macro", **kw)),
-        "recall_macro": float(multiclass_recall(preds, labels, average="macro", **kw)),
-        "f1_macro": float(multiclass_f1_score(preds, labels, average="macro", **kw)),
-        "per_class": [
-            {
-                "class": name,
-                "precision": float(per_class["precision"][i]),
-                "recall": float(per_class["recall"][i]),
-                "f1": float(per_class["f1"][i]),
-                "support": int(support[i]),
-            }
-            for i, name in enumerate(classes)
-        ],
-        "confusion": multiclass_confusion_matrix(preds, labels, **kw).tolist(),
-        "classes": list(classes),
-    }
 
 
 def confusion_figure(report: dict[str, Any], title: str) -> Any:

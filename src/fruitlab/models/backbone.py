@@ -54,11 +54,18 @@ class Preprocess:
         return asdict(self)
 
 
+def timm_arch(cfg: ModelConfig) -> str:
+    """The timm architecture the backbone is built as: the offline weights' own (see OFFLINE), else the name."""
+    if _offline(cfg):
+        return OFFLINE[cfg.backbone].arch
+    return cfg.backbone
+
+
 def build_backbone(cfg: ModelConfig, where: str = "") -> tuple[nn.Module, str]:
     """A timm model without its classifier, and a description of where its weights came from."""
     check_backbone_name(cfg.backbone, where)
     pretrained = cfg.pretrained
-    if pretrained is True and cfg.backbone in OFFLINE and _installed(OFFLINE[cfg.backbone].module):
+    if _offline(cfg):
         spec = OFFLINE[cfg.backbone]
         model = _create(spec.arch, cfg, where)
         path = _offline_file(spec)
@@ -87,6 +94,20 @@ def _create(name: str, cfg: ModelConfig, where: str, pretrained: bool = False) -
             f"model.kwargs {cfg.kwargs} {where.replace('model.backbone', 'model.kwargs')} do not fit {name!r}: "
             f"{exc}; use keyword arguments its timm constructor accepts (e.g. drop_rate, drop_path_rate)"
         ) from None
+
+
+def create_backbone(name: str, kwargs: dict[str, Any], source: str) -> nn.Module:
+    """A saved model's backbone again (models/spec.py): timm's architecture without weights or classifier."""
+    try:
+        return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except (RuntimeError, TypeError) as exc:  # timm: "Unknown model"; a keyword this timm version does not take
+        raise ModelError(
+            f"{source}: timm {timm.__version__} cannot build its backbone {name!r} with {kwargs}: {exc}"
+        ) from None
+
+
+def _offline(cfg: ModelConfig) -> bool:
+    return cfg.pretrained is True and cfg.backbone in OFFLINE and _installed(OFFLINE[cfg.backbone].module)
 
 
 def _installed(module: str) -> bool:

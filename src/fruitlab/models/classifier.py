@@ -10,7 +10,8 @@ from torch import nn
 
 from fruitlab.config import HeadConfig, MlpConfig, ModelConfig, PreprocessConfig, SharedConfig, TaskHeadConfig
 from fruitlab.errors import ModelError, did_you_mean
-from fruitlab.models.backbone import build_backbone, resolve_preprocess
+from fruitlab.models.backbone import build_backbone, resolve_preprocess, timm_arch
+from fruitlab.names import SINGLE_TASK
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
 
@@ -67,9 +68,13 @@ class Classifier(nn.Module):
         backbone_name: str,
         shared: SharedConfig | None = None,
         heads: dict[str, TaskHeadConfig] | None = None,
+        timm_kwargs: dict[str, Any] | None = None,
     ):
         super().__init__()
         self.backbone = backbone
+        # How to build this exact module again (models/spec.py): timm's name and keyword arguments, the head configs.
+        self.timm_kwargs = dict(timm_kwargs or {})
+        self.head_cfg, self.shared_cfg, self.heads_cfg = head, shared, heads
         self.pool_type = head.pool
         if head.pool == "model":
             self.pool: nn.Module = nn.Identity()
@@ -93,12 +98,17 @@ class Classifier(nn.Module):
         self.backbone_name = backbone_name
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pool_type == "model":
-            return self.backbone(x)  # (B, F): timm's own pooling and pre-logits
-        return self.pool(self.backbone.forward_features(x))  # (B, C, h, w) -> (B, C)
+        """images (B, 3, H, W) -> the backbone's feature map (B, C, h, w) (tokens for a ViT), as timm's models."""
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> Any:
+        """feature map -> pooled features (B, F) with `pre_logits`, else logits (or {task: logits}), as timm's."""
+        # 'model': timm's own pooling and pre-logits (its classifier is Identity); else (B, C, h, w) -> (B, C * k)
+        pooled = self.backbone.forward_head(x) if self.pool_type == "model" else self.pool(x)
+        return pooled if pre_logits else self.head(pooled)
 
     def forward(self, x: torch.Tensor) -> Any:
-        return self.head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))
 
     def metadata(self) -> dict[str, Any]:
         return {"classes": self.classes, "preprocess": self.preprocess, "backbone": self.backbone_name}
@@ -109,11 +119,13 @@ def build_classifier(
 ) -> tuple[Classifier, str]:
     """The model for these tasks (or a plain list of classes), and where its backbone weights came from."""
     if not isinstance(tasks, dict):
-        tasks = {"class": list(tasks)}
+        tasks = {SINGLE_TASK: list(tasks)}
     check_heads(cfg, tasks, where)
     backbone, weights = build_backbone(cfg, where)
     pre = resolve_preprocess(backbone, preprocess_cfg)
-    model = Classifier(backbone, tasks, cfg.head, pre.to_dict(), cfg.backbone, cfg.shared, cfg.heads)
+    model = Classifier(
+        backbone, tasks, cfg.head, pre.to_dict(), timm_arch(cfg), cfg.shared, cfg.heads, timm_kwargs=cfg.kwargs
+    )
     return model, weights
 
 
@@ -122,7 +134,7 @@ def check_heads(cfg: ModelConfig, tasks: dict[str, list[str]], where: str = "") 
     where = where.replace("model.backbone", "model.heads")
     data_tasks = sorted(tasks)
     if cfg.heads is None:
-        if data_tasks != ["class"]:
+        if data_tasks != [SINGLE_TASK]:
             raise ModelError(
                 f"the data has several tasks {data_tasks} (data.labels) but model.heads is not set {where}; "
                 f"add one head per task, e.g. heads: {{{', '.join(f'{t}: {{}}' for t in data_tasks)}}}"

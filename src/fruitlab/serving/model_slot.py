@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from fruitlab.errors import ModelError
-from fruitlab.serving.predict import RUN_ID, Predictor, load_predictor, resolve_model_uri
+from fruitlab.inference.predict import Predictor, load_predictor, resolve_model
+from fruitlab.tracking.refs import ModelRef, ResolvedModel
 
 log = logging.getLogger(__name__)
 
@@ -62,51 +61,42 @@ class ModelSlot:
 
     @property
     def follows_alias(self) -> bool:
-        return self.reference.startswith("models:/") and "@" in self.reference
+        try:
+            return ModelRef.parse(self.reference).follows_alias
+        except ModelError:
+            return False
 
     def reload(self) -> Reload:
         """Load what the reference names now, unless that is what is loaded; ModelError when it cannot."""
         with self._lock:
             try:
-                name, version, uri = self._resolve()
+                name, version, resolved = self._resolve()
                 before = self._current
                 if before is not None and (before.name, before.version) == (name, version):
                     self.last_error = None
                     return Reload(False, before, before.version)
-                predictor = load_predictor(uri, device=self.device, uri=self.tracking_uri)  # beside the old one
+                predictor = load_predictor(resolved, device=self.device, uri=self.tracking_uri)  # beside the old one
                 _warm_up(predictor)
             except ModelError as exc:
                 self.last_error = str(exc)
                 raise
-            self._current = LoadedModel(predictor, name, version, uri, datetime.now(UTC))  # the swap
+            self._current = LoadedModel(predictor, name, version, resolved.uri, datetime.now(UTC))  # the swap
             self.last_error = None
         if before is not None:
             log.info("model %s: version %s replaces version %s", name, version, before.version)
         return Reload(True, self._current, before.version if before else None)
 
-    def _resolve(self) -> tuple[str, str, str]:
-        """(name, version, URI to load) of what the reference names at this moment."""
-        source = resolve_model_uri(self.reference, self.tracking_uri)  # clear errors for unknown names/aliases
-        if RUN_ID.fullmatch(self.reference):
-            return self.reference, "run", source
-        if not source.startswith("models:/"):
-            if source.startswith("runs:/"):
-                return source.split("/")[1], "run", source
-            return Path(source).name, "local", source
-        ref = source.removeprefix("models:/")
-        if "/" not in ref and "@" not in ref:  # a logged model id (MLflow 3: m-...)
-            return ref, "logged", source
-        if "@" not in ref:
-            name, version = ref.split("/", 1)
-            return name, version, source
-        name, alias = ref.split("@", 1)
-        uri = self.tracking_uri
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri) if uri else MlflowClient()
-        try:
-            version = str(client.get_model_version_by_alias(name, alias).version)
-        except MlflowException as exc:
-            raise ModelError(f"cannot resolve {source}: {str(exc).strip().splitlines()[0]}") from None
-        return name, version, f"models:/{name}/{version}"
+    def _resolve(self) -> tuple[str, str, ResolvedModel]:
+        """(name, version, what to load) of what the reference names at this moment (an alias: its version now)."""
+        resolved = resolve_model(self.reference, self.tracking_uri)  # clear errors for unknown names/aliases
+        kind = resolved.ref.kind
+        if kind in ("alias", "version"):
+            return str(resolved.name), str(resolved.version), resolved
+        if kind == "run":
+            return str(resolved.run_id), "run", resolved
+        if kind == "logged_model":
+            return str(resolved.model_id), "logged", resolved
+        return Path(resolved.uri).name, "local", resolved
 
 
 def _warm_up(predictor: Predictor) -> None:

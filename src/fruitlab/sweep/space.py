@@ -19,8 +19,7 @@ from pydantic import BaseModel
 
 from fruitlab.config import Experiment, SweepConfig, SweepParam, apply_override, validate_experiment
 from fruitlab.errors import ConfigError, did_you_mean
-
-PER_EPOCH = ("acc", "f1")  # per-epoch metrics of every task, as ClassifierModule logs them: val/{task}/{name}
+from fruitlab.names import JOINT, PER_EPOCH, SINGLE_TASK, metric_key
 
 
 def sweep_of(exp: Experiment) -> SweepConfig:
@@ -62,10 +61,10 @@ def check_space(exp: Experiment) -> SweepConfig:
 
 def epoch_metrics(exp: Experiment) -> list[str]:
     """What fit logs per validation epoch, for this experiment's tasks."""
-    tasks = list(exp.model.heads) if exp.model.heads else ["class"]
-    names = ["val/loss", *(f"val/{task}/{name}" for task in tasks for name in PER_EPOCH)]
+    tasks = list(exp.model.heads) if exp.model.heads else [SINGLE_TASK]
+    names = ["val/loss", *(metric_key("val", task, name) for task in tasks for name in PER_EPOCH)]
     if exp.model.heads:
-        names += ["val/joint/acc", *(f"val/{task}/loss" for task in tasks)]
+        names += [metric_key("val", JOINT, "acc"), *(metric_key("val", task, "loss") for task in tasks)]
     return names
 
 

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from fruitlab.config import short_key
 from fruitlab.errors import TrackingError, did_you_mean
-from fruitlab.tracking import refs, runs
+from fruitlab.tracking import refs, runs, tags
 from fruitlab.tracking.registry import maximize
 
 DEFAULT_METRICS = ("best/val/joint/acc", "best/val/class/acc")  # ranking: multi-task runs first, then single-task
@@ -31,7 +31,7 @@ KEY_PARAMS = re.compile(
 )
 PARAM_ORDER = ("model.", "preprocess.", "data.", "loss.", "finetune.")
 SKIPPED_PARAMS = {"description", "tracking.uri", "trainer.enable_progress_bar"}
-SWEEP_PARENT = ("fruitlab.role", "sweep")  # a study's parent run repeats its best trial's metrics: not ranked
+SWEEP_PARENT = (tags.ROLE, "sweep")  # a study's parent run repeats its best trial's metrics: not ranked
 
 
 @dataclass

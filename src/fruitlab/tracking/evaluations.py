@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Dataset, DatasetInput, InputTag, LoggedModelInput, Metric, RunTag
@@ -24,44 +22,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from fruitlab.errors import TrackingError
-from fruitlab.tracking import refs, runs
+from fruitlab.tracking import runs, tags
+from fruitlab.tracking.refs import ResolvedModel
 
-TEMPERATURE_TAG = "fruitlab.temperature"  # on the logged model: JSON {task: T}
-TEMPERATURE_RUN_TAG = "fruitlab.temperature_run_id"  # the evaluation run that fitted it
-TEMPERATURE_DATA_TAG = "fruitlab.temperature_data"  # what it was fitted on
-SOURCE_RUN_TAG = "fruitlab.source_run_id"  # on an evaluation run: the run that trained the model
-EVALUATED_MODEL_TAG = "fruitlab.evaluated_model"  # the model URI as the user gave it
-KIND_TAG = "fruitlab.run_kind"  # 'evaluation'; fit runs carry no such tag
-LAST_EVALUATION_TAG = "fruitlab.last_evaluation_run_id"  # on the source run: the latest evaluation of it
 FALLBACK_EXPERIMENT = "fruitlab-evaluate"  # evaluations of models with no run (a plain folder)
-
-
-@dataclass
-class ModelRef:
-    """Where a model came from in the tracking store; all None for a plain folder."""
-
-    model_id: str | None = None  # the logged model, m-...
-    run_id: str | None = None  # the run that logged it
-    experiment_id: str | None = None
-
-
-def model_ref(client: MlflowClient, source: str) -> ModelRef:
-    """The logged model and run behind a resolved model reference (see serving.predict.resolve_model_uri)."""
-    if Path(source).is_dir() or not source.startswith(("models:/", "runs:/")):
-        return ModelRef()
-    try:
-        if source.startswith("runs:/"):
-            run_id, _, name = source.removeprefix("runs:/").partition("/")
-            return _ref_of(client, _model_id_of_run(client, run_id, name or "model"), run_id)
-        ref = source.removeprefix("models:/")
-        if ref.startswith("m-"):
-            return _ref_of(client, ref, None)
-        version = refs.model_version(client, source)
-        model_id = getattr(version, "model_id", None) or _m_id(version.source)
-        return _ref_of(client, model_id, version.run_id)
-    except (MlflowException, TrackingError):
-        return ModelRef()  # the model loads from the URI anyway; it just has no links to record
 
 
 def load_temperature(client: MlflowClient, model_id: str | None) -> dict[str, Any] | None:
@@ -69,14 +33,14 @@ def load_temperature(client: MlflowClient, model_id: str | None) -> dict[str, An
     if not model_id:
         return None
     try:
-        tags = client.get_logged_model(model_id).tags
+        found = client.get_logged_model(model_id).tags
     except MlflowException:
         return None
-    raw = tags.get(TEMPERATURE_TAG)
+    raw = found.get(tags.TEMPERATURE)
     if not raw:
         return None
     values = {task: float(t) for task, t in json.loads(raw).items()}
-    return {"values": values, "run_id": tags.get(TEMPERATURE_RUN_TAG), "data": tags.get(TEMPERATURE_DATA_TAG)}
+    return {"values": values, "run_id": found.get(tags.TEMPERATURE_RUN), "data": found.get(tags.TEMPERATURE_DATA)}
 
 
 def store_temperature(
@@ -85,27 +49,30 @@ def store_temperature(
     client.set_logged_model_tags(
         model_id,
         {
-            TEMPERATURE_TAG: json.dumps({t: round(v, 6) for t, v in temperature.items()}),
-            TEMPERATURE_RUN_TAG: eval_run_id,
-            TEMPERATURE_DATA_TAG: data,
+            tags.TEMPERATURE: json.dumps({t: round(v, 6) for t, v in temperature.items()}),
+            tags.TEMPERATURE_RUN: eval_run_id,
+            tags.TEMPERATURE_DATA: data,
         },
     )
 
 
-def start_evaluation_run(client: MlflowClient, uri: str, ref: ModelRef, model: str, name: str) -> str:
+def start_evaluation_run(client: MlflowClient, uri: str, ref: ResolvedModel, model: str, name: str) -> str:
     """A run in the model's experiment (or `fruitlab-evaluate`), tagged with what it evaluates."""
-    experiment_id = ref.experiment_id or runs.ensure_experiment(client, FALLBACK_EXPERIMENT, uri)
-    tags = {
-        KIND_TAG: "evaluation",
-        EVALUATED_MODEL_TAG: model,
+    if ref.run_id:
+        experiment_id = client.get_run(ref.run_id).info.experiment_id
+    else:
+        experiment_id = runs.ensure_experiment(client, FALLBACK_EXPERIMENT, uri)
+    run_tags = {
+        tags.RUN_KIND: "evaluation",
+        tags.EVALUATED_MODEL: model,
         "mlflow.source.git.commit": runs.git_commit(),
-        **({SOURCE_RUN_TAG: ref.run_id} if ref.run_id else {}),
-        **({"fruitlab.logged_model_id": ref.model_id} if ref.model_id else {}),
+        **({tags.SOURCE_RUN: ref.run_id} if ref.run_id else {}),
+        **({tags.LOGGED_MODEL_ID: ref.model_id} if ref.model_id else {}),
     }
-    return client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    return client.create_run(experiment_id, run_name=name, tags=run_tags).info.run_id
 
 
-def link_inputs(client: MlflowClient, run_id: str, ref: ModelRef, name: str, digest: str, source: str) -> None:
+def link_inputs(client: MlflowClient, run_id: str, ref: ResolvedModel, name: str, digest: str, source: str) -> None:
     """The evaluated model and the evaluation data as the run's inputs (MLflow's own lineage, shown in its UI)."""
     dataset = Dataset(name=name, digest=digest, source_type="local", source=json.dumps({"uri": source}))
     inputs = [DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, "evaluation")])]
@@ -114,7 +81,7 @@ def link_inputs(client: MlflowClient, run_id: str, ref: ModelRef, name: str, dig
 
 
 def log_linked_metrics(
-    client: MlflowClient, run_id: str, metrics: dict[str, float], ref: ModelRef, dataset: tuple[str, str]
+    client: MlflowClient, run_id: str, metrics: dict[str, float], ref: ResolvedModel, dataset: tuple[str, str]
 ) -> None:
     """Metrics of the run that also appear on the logged model's page, for this dataset (name, digest)."""
     now = int(time.time() * 1000)
@@ -124,30 +91,7 @@ def log_linked_metrics(
         client.log_batch(run_id, metrics=batch[i : i + 1000])
 
 
-def mark_source_run(client: MlflowClient, ref: ModelRef, eval_run_id: str) -> None:
+def mark_source_run(client: MlflowClient, ref: ResolvedModel, eval_run_id: str) -> None:
     """Point the training run at its latest evaluation (the other direction of the link)."""
     if ref.run_id:
-        client.log_batch(ref.run_id, tags=[RunTag(LAST_EVALUATION_TAG, eval_run_id)])
-
-
-# ------------------------------------------------------------------------------------------------ internals
-def _ref_of(client: MlflowClient, model_id: str | None, run_id: str | None) -> ModelRef:
-    if model_id and not run_id:
-        run_id = client.get_logged_model(model_id).source_run_id
-    experiment_id = client.get_run(run_id).info.experiment_id if run_id else None
-    return ModelRef(model_id, run_id, experiment_id)
-
-
-def _model_id_of_run(client: MlflowClient, run_id: str, name: str) -> str | None:
-    tagged = client.get_run(run_id).data.tags.get("fruitlab.model_uri", "")
-    if tagged.startswith("models:/m-"):
-        return tagged.removeprefix("models:/")
-    experiment_id = client.get_run(run_id).info.experiment_id
-    found = client.search_logged_models(
-        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{name}'"
-    )
-    return found[0].model_id if found else None
-
-
-def _m_id(source: str | None) -> str | None:
-    return source.removeprefix("models:/") if source and source.startswith("models:/m-") else None
+        client.log_batch(ref.run_id, tags=[RunTag(tags.LAST_EVALUATION, eval_run_id)])

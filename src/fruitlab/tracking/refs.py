@@ -1,70 +1,169 @@
-"""What a user may type to name a run: a run id (or a unique prefix of one, as tables print them), `runs:/ID/...`,
-`models:/NAME@ALIAS`, `models:/NAME/VERSION` or `models:/m-ID` (MLflow 3's logged model), all resolved to the run
-that trained the model. An unknown name is an error that says what the store holds, with 'did you mean'.
+"""Model references: what a user may type to name a model (or the run that trained it), parsed once, resolved once.
+
+Every command that takes `--model` (predict, evaluate, export, serve, convert-model) and `compare` accept the same
+forms, with the same error messages:
+
+    models:/NAME@ALIAS      a registered model's alias (champion, candidate)
+    models:/NAME/VERSION    a registered model's version
+    models:/m-ID, m-ID      a logged model (MLflow 3's model entity)
+    runs:/RUN_ID/model      the model a run logged (RUN_ID may be a unique prefix, as tables print them)
+    RUN_ID                  32 hex digits, or a unique prefix of 6 or more
+    a folder                a downloaded or saved MLflow model folder (it holds an MLmodel file)
+
+`ModelRef.parse` checks the form without the tracking store; `resolve` finds what it names in the store (an unknown
+name gets what the store holds, with 'did you mean').
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fruitlab.errors import TrackingError, did_you_mean
+from fruitlab.errors import ModelRefError, did_you_mean
+from fruitlab.tracking.tags import MODEL_URI
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 RUN_PREFIX = re.compile(r"[0-9a-f]{6,31}")  # the 8- to 12-character ids that tables print
+LOGGED_MODEL_ID = re.compile(r"m-[0-9a-f]{32}")
+DEFAULT_ARTIFACT = "model"  # fit logs its model under this name
+FORMS = (
+    "models:/NAME@ALIAS (e.g. models:/quickstart@champion), models:/NAME/VERSION, models:/m-ID (a logged model), "
+    "runs:/RUN_ID/model, a run id (32 hex digits or a unique prefix of 6 or more) or a folder with an MLmodel file"
+)
+
+Kind = Literal["alias", "version", "logged_model", "run", "folder"]
 
 
-def resolve_run(client: MlflowClient, ref: str, uri: str) -> Run:
-    """The run behind `ref` (see the module docstring); TrackingError naming what exists when there is none."""
-    ref = ref.strip()
-    if ref.startswith("models:/"):
-        return _get_run(client, _run_id_of_model(client, ref), ref, uri)
-    run_id = ref.removeprefix("runs:/").split("/", 1)[0]
-    if RUN_ID.fullmatch(run_id):
-        return _get_run(client, run_id, ref, uri)
-    if RUN_PREFIX.fullmatch(run_id):
-        matches = [r for r in all_runs(client) if r.info.run_id.startswith(run_id)]
-        if len(matches) == 1:
-            return matches[0]
-        if len(matches) > 1:
-            ids = ", ".join(r.info.run_id[:12] for r in matches[:5])
-            raise TrackingError(f"run id prefix {run_id!r} matches {len(matches)} runs ({ids}); give more characters")
-    raise TrackingError(_unknown_run(client, ref, uri))
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed reference: which form it is and its parts; nothing looked up yet."""
+
+    text: str  # as given
+    kind: Kind
+    name: str | None = None  # registered model (alias, version)
+    alias: str | None = None
+    version: str | None = None
+    model_id: str | None = None  # logged model m-...
+    run: str | None = None  # run id or unique prefix
+    artifact: str = DEFAULT_ARTIFACT  # runs:/ID/<artifact>
+    path: Path | None = None  # folder
+
+    @classmethod
+    def parse(cls, text: str) -> ModelRef:
+        text = text.strip()
+        if text.startswith("models:/"):
+            return _parse_models_uri(text)
+        if text.startswith("runs:/"):
+            run, _, artifact = text.removeprefix("runs:/").partition("/")
+            if RUN_ID.fullmatch(run) or RUN_PREFIX.fullmatch(run):
+                return cls(text, "run", run=run, artifact=artifact.strip("/") or DEFAULT_ARTIFACT)
+            raise ModelRefError(f"{text!r}: runs:/ needs a run id (32 hex digits or a unique prefix), then /model")
+        if LOGGED_MODEL_ID.fullmatch(text):
+            return cls(text, "logged_model", model_id=text)
+        path = Path(text).expanduser()
+        if path.exists():
+            if not (path / "MLmodel").is_file():
+                raise ModelRefError(f"{text}: not a logged model folder (it has no MLmodel file)")
+            return cls(text, "folder", path=path.resolve())
+        if RUN_ID.fullmatch(text) or RUN_PREFIX.fullmatch(text):
+            return cls(text, "run", run=text)
+        raise ModelRefError(f"unknown model {text!r}: expected {FORMS}")
+
+    @property
+    def follows_alias(self) -> bool:
+        """Does it name whatever version an alias points at now (serve reloads when the alias moves)?"""
+        return self.kind == "alias"
+
+    @property
+    def short(self) -> str:
+        """For file and run names: NAME@ALIAS, NAME/VERSION, m-ID, the run id's first 8 digits, the folder's name."""
+        if self.kind == "folder" and self.path is not None:
+            return self.path.name
+        if self.kind == "run" and self.run:
+            return self.run[:8]
+        return self.text.removeprefix("models:/")
 
 
-def model_version(client: MlflowClient, ref: str) -> ModelVersion:
-    """`models:/NAME@ALIAS` or `models:/NAME/VERSION`; errors list the registered names, aliases or versions."""
-    body = ref.removeprefix("models:/")
-    name, alias = body.split("@", 1) if "@" in body else (body.split("/", 1)[0], None)
-    version = body.split("/", 1)[1] if alias is None and "/" in body else None
-    if alias is None and version is None:
-        raise TrackingError(f"{ref!r}: give models:/NAME@ALIAS or models:/NAME/VERSION")
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a reference names in the store right now. `uri` pins it: an alias becomes its current version."""
+
+    ref: ModelRef
+    uri: str  # models:/NAME/VERSION, models:/m-ID, runs:/ID/ARTIFACT, or the folder's path
+    run_id: str | None = None  # the run that logged the model
+    model_id: str | None = None  # the logged model m-...
+    name: str | None = None  # registered model and version, when it was named through the registry
+    version: str | None = None
+
+
+def resolve(client: MlflowClient | None, ref: ModelRef | str, uri: str) -> ResolvedModel:
+    """Look `ref` up in the store at `uri`; ModelRefError naming what exists when it names nothing.
+
+    A folder needs no store: `client` may then be None.
+    """
+    ref = ModelRef.parse(ref) if isinstance(ref, str) else ref
+    if ref.kind == "folder":
+        return ResolvedModel(ref, str(ref.path))
+    if client is None:
+        raise ModelRefError(f"{ref.text}: a tracking store is needed to resolve it")
+    if ref.kind == "logged_model":
+        model_id = str(ref.model_id)
+        return ResolvedModel(ref, f"models:/{model_id}", _run_of_logged_model(client, model_id), model_id)
+    if ref.kind == "run":
+        run = _find_run(client, str(ref.run), ref.text, uri)
+        run_id = run.info.run_id
+        model_uri = run.data.tags.get(MODEL_URI) if ref.artifact == DEFAULT_ARTIFACT else None
+        model_id = _model_id_of_run(client, run, ref.artifact)
+        return ResolvedModel(ref, model_uri or f"runs:/{run_id}/{ref.artifact}", run_id, model_id)
+    version = model_version(client, ref)
+    model_id = getattr(version, "model_id", None) or _logged_model_id(version.source)
+    run_id = version.run_id or (_run_of_logged_model(client, model_id) if model_id else None)
+    return ResolvedModel(
+        ref, f"models:/{version.name}/{version.version}", run_id, model_id, version.name, str(version.version)
+    )
+
+
+def resolve_run(client: MlflowClient, ref: ModelRef | str, uri: str) -> Run:
+    """The run that logged the model `ref` names (compare, export's default check data)."""
+    resolved = resolve(client, ref, uri)
+    if resolved.run_id is None:
+        what = "a model folder" if resolved.ref.kind == "folder" else f"{resolved.ref.text} (not logged by a run)"
+        raise ModelRefError(f"{what} has no run in the tracking store {uri}; give a run id or a model URI")
+    return _find_run(client, resolved.run_id, resolved.ref.text, uri)
+
+
+def model_version(client: MlflowClient, ref: ModelRef) -> ModelVersion:
+    """The registered version an alias or version reference names; errors list names, aliases or versions."""
+    name = str(ref.name)
     try:
         registered = client.get_registered_model(name)
     except MlflowException:
         known = [m.name for m in client.search_registered_models()]
-        raise TrackingError(
+        raise ModelRefError(
             f"no registered model {name!r}{did_you_mean(name, known)} (registered: {', '.join(known) or 'none'}); "
             "register one with `fruitlab promote -e EXPERIMENT`"
         ) from None
-    if alias is not None:
+    if ref.alias is not None:
         aliases = dict(registered.aliases or {})
-        if alias not in aliases:
+        if ref.alias not in aliases:
             listing = ", ".join(f"{a} (version {v})" for a, v in aliases.items()) or "none"
-            raise TrackingError(
-                f"model {name!r} has no alias {alias!r}{did_you_mean(alias, aliases)} (aliases: {listing})"
+            raise ModelRefError(
+                f"model {name!r} has no alias {ref.alias!r}{did_you_mean(ref.alias, aliases)} (aliases: {listing})"
             )
-        return client.get_model_version_by_alias(name, alias)
+        return client.get_model_version_by_alias(name, ref.alias)
     try:
-        return client.get_model_version(name, str(version))
+        return client.get_model_version(name, str(ref.version))
     except MlflowException:
         versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-        raise TrackingError(
-            f"model {name!r} has no version {version!r} (versions: {', '.join(map(str, versions)) or 'none'})"
+        raise ModelRefError(
+            f"model {name!r} has no version {ref.version!r} (versions: {', '.join(map(str, versions)) or 'none'})"
         ) from None
 
 
@@ -75,36 +174,62 @@ def all_runs(client: MlflowClient) -> list[Run]:
 
 
 # ------------------------------------------------------------------------------------------------ internals
-def _run_id_of_model(client: MlflowClient, ref: str) -> str:
-    body = ref.removeprefix("models:/")
-    if body.startswith("m-"):  # a logged model id (MLflow 3)
+def _parse_models_uri(text: str) -> ModelRef:
+    body = text.removeprefix("models:/").strip("/")
+    if LOGGED_MODEL_ID.fullmatch(body):
+        return ModelRef(text, "logged_model", model_id=body)
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        if name and alias and "/" not in body:
+            return ModelRef(text, "alias", name=name, alias=alias)
+    elif "/" in body:
+        name, version = body.split("/", 1)
+        if name and version.isdigit():
+            return ModelRef(text, "version", name=name, version=version)
+    raise ModelRefError(f"{text!r}: give models:/NAME@ALIAS, models:/NAME/VERSION (a number) or models:/m-ID")
+
+
+def _find_run(client: MlflowClient, run: str, text: str, uri: str) -> Run:
+    if RUN_ID.fullmatch(run):
         try:
-            return client.get_logged_model(body.split("/", 1)[0]).source_run_id
+            return client.get_run(run)
         except MlflowException:
-            raise TrackingError(f"no logged model {body!r} in the tracking store") from None
-    version = model_version(client, ref)
-    if version.run_id:
-        return version.run_id
-    source = version.source or ""
-    if source.startswith("models:/m-"):
-        return client.get_logged_model(source.removeprefix("models:/").split("/", 1)[0]).source_run_id
-    raise TrackingError(f"{ref} (source {source}) was not logged by a run, so it has no run to compare")
+            raise ModelRefError(_unknown_run(client, text, uri)) from None
+    matches = [r for r in all_runs(client) if r.info.run_id.startswith(run)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        ids = ", ".join(r.info.run_id[:12] for r in matches[:5])
+        raise ModelRefError(f"run id prefix {run!r} matches {len(matches)} runs ({ids}); give more characters")
+    raise ModelRefError(_unknown_run(client, text, uri))
 
 
-def _get_run(client: MlflowClient, run_id: str, ref: str, uri: str) -> Run:
+def _run_of_logged_model(client: MlflowClient, model_id: str) -> str | None:
     try:
-        return client.get_run(run_id)
+        return client.get_logged_model(model_id).source_run_id
     except MlflowException:
-        raise TrackingError(_unknown_run(client, ref, uri)) from None
+        raise ModelRefError(f"no logged model {model_id!r} in the tracking store") from None
 
 
-def _unknown_run(client: MlflowClient, ref: str, uri: str) -> str:
+def _model_id_of_run(client: MlflowClient, run: Run, artifact: str) -> str | None:
+    tagged = _logged_model_id(run.data.tags.get(MODEL_URI)) if artifact == DEFAULT_ARTIFACT else None
+    if tagged:
+        return tagged
+    run_id = run.info.run_id
+    found = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{artifact}'"
+    )
+    return found[0].model_id if found else None
+
+
+def _logged_model_id(source: str | None) -> str | None:
+    return source.removeprefix("models:/") if source and source.startswith("models:/m-") else None
+
+
+def _unknown_run(client: MlflowClient, text: str, uri: str) -> str:
     found = all_runs(client)
     experiments = {e.experiment_id: e.name for e in client.search_experiments()}
     names = sorted({experiments.get(r.info.experiment_id, "?") for r in found})
-    hint = did_you_mean(ref, [r.info.run_id for r in found], n=1)
+    hint = did_you_mean(text, [r.info.run_id for r in found], n=1)
     where = f"{len(found)} runs in experiments {', '.join(names)}" if found else "no runs"
-    return (
-        f"no run {ref!r} in the tracking store {uri}{hint} (it has {where}); give a run id (32 hex digits or a "
-        "unique prefix), runs:/ID/model, models:/NAME@ALIAS or models:/NAME/VERSION"
-    )
+    return f"no run {text!r} in the tracking store {uri}{hint} (it has {where}); give {FORMS}"

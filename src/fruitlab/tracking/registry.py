@@ -19,11 +19,11 @@ from mlflow.tracking import MlflowClient
 
 from fruitlab.config import load_experiment, resolve_experiment_path
 from fruitlab.errors import ConfigError, TrackingError, did_you_mean
-from fruitlab.tracking import runs
+from fruitlab.tracking import refs, runs, tags
 
 CANDIDATE, CHAMPION = "candidate", "champion"
-FINGERPRINT = "fruitlab.dataset_fingerprint"
-MODEL_URI_TAG = "fruitlab.model_uri"
+FINGERPRINT = tags.DATASET_FINGERPRINT
+MODEL_URI_TAG = tags.MODEL_URI
 
 
 @dataclass
@@ -66,16 +66,16 @@ def promote(
     result = _decide(client, model_name, version, run, metric)
     if result.champion:
         client.set_registered_model_alias(model_name, CHAMPION, version.version)
-    tags = {
-        "fruitlab.metric": metric,
-        "fruitlab.candidate_score": f"{result.score:.6g}",
-        "fruitlab.champion_score": "none" if result.previous_score is None else f"{result.previous_score:.6g}",
-        "fruitlab.champion_version": result.previous_version or "none",
-        "fruitlab.decision": CHAMPION if result.champion else "kept champion",
-        "fruitlab.decision_reason": result.reason,
+    version_tags = {
+        tags.METRIC: metric,
+        tags.CANDIDATE_SCORE: f"{result.score:.6g}",
+        tags.CHAMPION_SCORE: "none" if result.previous_score is None else f"{result.previous_score:.6g}",
+        tags.CHAMPION_VERSION: result.previous_version or "none",
+        tags.DECISION: CHAMPION if result.champion else "kept champion",
+        tags.DECISION_REASON: result.reason,
         FINGERPRINT: run.data.tags.get(FINGERPRINT, "unknown"),
     }
-    for key, value in tags.items():
+    for key, value in version_tags.items():
         client.set_model_version_tag(model_name, version.version, key, value)
     return result
 
@@ -118,10 +118,7 @@ def _chosen_run(client: MlflowClient, name: str, metric: str, run_id: str | None
     if found is None:
         raise TrackingError(f"no MLflow experiment {name!r} in {uri}: nothing was fitted for it yet")
     if run_id:
-        try:
-            run = client.get_run(run_id)
-        except MlflowException:
-            raise TrackingError(f"run {run_id!r} is not in the tracking store {uri}") from None
+        run = refs.resolve_run(client, run_id, uri)  # any form a model reference takes, prefixes included
         if MODEL_URI_TAG not in run.data.tags or metric not in run.data.metrics:
             raise TrackingError(f"run {run_id} has no logged model or no {metric!r} metric: it cannot be promoted")
         return run
@@ -143,15 +140,19 @@ def _chosen_run(client: MlflowClient, name: str, metric: str, run_id: str | None
 
 
 def _register(client: MlflowClient, model_name: str, run: Run) -> ModelVersion:
-    """The run's model as a version of `model_name`; the existing version when this run was registered before."""
+    """The run's model as a version of `model_name`; the existing version when this model was registered before.
+
+    A run's model is the one its MODEL_URI tag names: after `convert-model`, the converted one, not the old pickle.
+    """
     run_id = run.info.run_id
+    source = run.data.tags.get(MODEL_URI_TAG) or f"runs:/{run_id}/model"
     try:
         existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
     except MlflowException:
         existing = []
-    if existing:
-        return existing[0]
-    source = run.data.tags.get(MODEL_URI_TAG) or f"runs:/{run_id}/model"
+    same = [v for v in existing if v.source == source]
+    if same:
+        return same[0]
     return mlflow.register_model(source, model_name)
 
 

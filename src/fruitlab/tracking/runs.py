@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from fruitlab import __version__
 from fruitlab.config import Experiment, dump_yaml
 from fruitlab.errors import TrackingError
+from fruitlab.tracking import tags
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACT_DIR = "mlruns"
@@ -68,15 +69,15 @@ def git_commit() -> str:
     return commit + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def start_run(exp: Experiment, uri: str, tags: dict[str, str]) -> str:
+def start_run(exp: Experiment, uri: str, extra_tags: dict[str, str]) -> str:
     client = client_for(uri)
     experiment_id = ensure_experiment(client, exp.tracking.experiment or exp.name, uri)
     all_tags = {
-        "fruitlab.version": __version__,
-        "fruitlab.experiment_file": exp.source,
+        tags.VERSION: __version__,
+        tags.EXPERIMENT_FILE: exp.source,
         "mlflow.source.git.commit": git_commit(),
         **exp.tracking.tags,
-        **tags,
+        **extra_tags,
     }
     run = client.create_run(experiment_id, run_name=exp.tracking.run_name, tags=all_tags)
     log_config(client, run.info.run_id, exp)

@@ -90,14 +90,11 @@ class PhasedDataModule(ImageDataModule):
         return {s: len(self.splits.splits[s].items) for s in ("train", "val") if s in self.splits.splits}
 
     def _set_inputs(self, split: str, start: int | None, cached: bool = False) -> None:
-        trainer = getattr(self, "trainer", None)
-        module = trainer.lightning_module if trainer is not None else None
-        if module is None or not hasattr(module, "cached_inputs"):
-            return
+        """Tell the feature cache (shared with the LightningModule) what this split's loader serves now."""
         if cached:
-            module.cached_inputs[split] = start
+            self.feature_cache.serving[split] = start
         else:
-            module.cached_inputs.pop(split, None)
+            self.feature_cache.serving.pop(split, None)
 
 
 class _FeatureSource:

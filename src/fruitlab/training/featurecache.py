@@ -103,6 +103,9 @@ class FeatureCache:
 
     def __init__(self, model: nn.Module, plan: Any, perf: PerformanceConfig, augment: AugmentConfig | None):
         self.model, self.plan, self.phases, self.perf, self.augment = model, plan, plan.phases, perf, augment
+        # stage -> the chain link its loader's cached tensors start at (None: pooled features), while it serves them;
+        # set by the data module, read by the LightningModule
+        self.serving: dict[str, int | None] = {}
         self.decisions: dict[int, Decision] = {}
         self.tensors: dict[tuple[str, int], torch.Tensor] = {}  # (split, phase) -> (views, N, ...); this phase's
         self._chain: StageChain | bool | None = False  # False: not looked for yet
@@ -192,7 +195,7 @@ class FeatureCache:
     # --- the two halves of the forward pass ---------------------------------------------------------------
     def prefix(self, x: torch.Tensor, start: int | None) -> torch.Tensor:
         if start is None:
-            return self.model.forward_features(x)
+            return self.model.forward_head(self.model.forward_features(x), pre_logits=True)  # pooled (B, F)
         assert isinstance(self._chain, StageChain)
         return self._chain.run(x, 0, start)
 
@@ -201,9 +204,8 @@ class FeatureCache:
         model = self.model
         if start is not None:
             assert isinstance(self._chain, StageChain)
-            x = self._chain.run(x, start)
-            x = model.backbone.forward_head(x) if model.pool_type == "model" else model.pool(x)
-        return model.head(x)
+            return model.forward_head(self._chain.run(x, start))  # remaining stages, pooling, head
+        return model.head(x)  # cached pooled features: the head alone
 
     @torch.no_grad()
     def verify(self, start: int | None, images: torch.Tensor) -> float:
@@ -272,7 +274,7 @@ class FeatureCache:
                 for i in range(0, tensor.shape[1], ADVANCE_BATCH):
                     x = self._chain.run(prepare(tensor[v, i : i + ADVANCE_BATCH]), start, stop)
                     if stop is None:
-                        x = model.backbone.forward_head(x) if model.pool_type == "model" else model.pool(x)
+                        x = model.forward_head(x, pre_logits=True)  # pooled (B, F)
                     y = x.float().cpu()
                     if out is None:
                         out = torch.empty((tensor.shape[0], tensor.shape[1], *y.shape[1:]), dtype=y.dtype)

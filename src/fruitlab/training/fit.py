@@ -13,24 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 
 from fruitlab.config import Experiment
 from fruitlab.data.balance import class_weights
-from fruitlab.data.datamodule import ImageDataModule
 from fruitlab.data.registry import load_dataset
 from fruitlab.errors import TrackingError
-from fruitlab.evaluation.report import confusion_figure, evaluate_tasks, format_evaluation, predict_batches
+from fruitlab.inference.model_format import log_classifier
 from fruitlab.models.classifier import build_classifier
 from fruitlab.models.names import check_backbone_name
-from fruitlab.tracking import runs
-from fruitlab.tracking.models import log_classifier
+from fruitlab.tracking import runs, tags
 from fruitlab.training.cached_data import PhasedDataModule
 from fruitlab.training.featurecache import FeatureCache
-from fruitlab.training.module import JOINT, ClassifierModule
+from fruitlab.training.final_evaluation import evaluate_best, summary_metrics
+from fruitlab.training.module import ClassifierModule
 from fruitlab.training.phases import PhaseEarlyStopping, PhasePlan, PhaseSchedule
 
 log = logging.getLogger(__name__)
@@ -85,6 +83,41 @@ def _fit(
     splits = load_dataset(exp.data, seed=exp.seed, data_dir=data_dir, where=exp.where("data.dataset"))
 
     # 3. Model, phase plan, LightningModule.
+    model, weights, module, datamodule = _build(exp, splits)
+
+    # 4. Tracking: one run per fit (the same run again on --resume).
+    uri = runs.tracking_uri(exp.tracking.uri)
+    run_tags = {**_run_tags(exp, splits, weights), **(extra_tags or {})}
+    run_id = _open_run(exp, uri, run_tags, resume_run_id)
+    if rank_zero_only.rank == 0:
+        log.info("MLflow run %s, experiment %r, tracking %s", run_id, exp.tracking.experiment or exp.name, uri)
+    checkpoint_dir = CHECKPOINT_ROOT / run_id
+
+    # 5. Callbacks and trainer; the trainer settings pass straight through to Lightning.
+    trainer, checkpoint = _trainer(exp, uri, run_id, checkpoint_dir, extra_callbacks)
+
+    # 6. Train (or continue training).
+    _train(trainer, module, datamodule, _resume_checkpoint(checkpoint_dir) if resume_run_id else None, uri, run_id)
+    if trainer.global_rank != 0:
+        return FitResult(run_id=run_id, tracking_uri=uri)
+
+    # 7. Evaluate the best checkpoint on val (and test), log it and the model.
+    client = runs.client_for(uri)
+    best, reports = evaluate_best(client, run_id, module, checkpoint, datamodule)
+    result = FitResult(run_id=run_id, tracking_uri=uri, metrics=summary_metrics(reports), reports=reports)
+    runs.set_tags(client, run_id, {tags.CHECKPOINT_DIR: str(checkpoint_dir.resolve()), tags.BEST_CHECKPOINT: best})
+    if exp.tracking.log_model:
+        example = datamodule.dataset("val")[0][0].unsqueeze(0)
+        result.model_uri = log_classifier(model, run_id, example)
+        runs.set_tags(client, run_id, {tags.MODEL_URI: result.model_uri})
+    result.seconds = time.perf_counter() - started
+    runs.log_metrics(client, run_id, {"fit_seconds": result.seconds})
+    runs.finish_run(client, run_id, "FINISHED")
+    return result
+
+
+def _build(exp: Experiment, splits: Any) -> tuple[Any, str, ClassifierModule, PhasedDataModule]:
+    """(classifier, where its weights came from, LightningModule, data module): one feature cache shared."""
     model, weights = build_classifier(exp.model, exp.preprocess, splits.tasks, exp.where("model.backbone"))
     plan = PhasePlan(exp.finetune.phases)
     cache = FeatureCache(model, plan, exp.performance, exp.data.augment)
@@ -106,25 +139,25 @@ def _fit(
         feature_cache=cache,
         plan=plan,
     )
+    return model, weights, module, datamodule
 
-    # 4. Tracking: one run per fit (the same run again on --resume).
-    uri = runs.tracking_uri(exp.tracking.uri)
-    tags = {
-        "fruitlab.backbone": exp.model.backbone,
-        "fruitlab.weights": weights,
-        "fruitlab.dataset": exp.data.dataset,
-        "fruitlab.dataset_fingerprint": splits.fingerprint,
-        "fruitlab.classes": ",".join(splits.classes),
-        "fruitlab.tasks": ",".join(splits.tasks),
-        **(extra_tags or {}),
+
+def _run_tags(exp: Experiment, splits: Any, weights: str) -> dict[str, str]:
+    return {
+        tags.BACKBONE: exp.model.backbone,
+        tags.WEIGHTS: weights,
+        tags.DATASET: exp.data.dataset,
+        tags.DATASET_FINGERPRINT: splits.fingerprint,
+        tags.CLASSES: ",".join(splits.classes),
+        tags.TASKS: ",".join(splits.tasks),
     }
-    run_id = _open_run(exp, uri, tags, resume_run_id)
-    if rank_zero_only.rank == 0:
-        log.info("MLflow run %s, experiment %r, tracking %s", run_id, exp.tracking.experiment or exp.name, uri)
-    checkpoint_dir = CHECKPOINT_ROOT / run_id
+
+
+def _trainer(
+    exp: Experiment, uri: str, run_id: str, checkpoint_dir: Path, extra_callbacks: list[Any] | None
+) -> tuple[L.Trainer, ModelCheckpoint]:
     logger = MLFlowLogger(experiment_name=exp.tracking.experiment or exp.name, tracking_uri=uri, run_id=run_id)
 
-    # 5. Callbacks and trainer; the trainer settings pass straight through to Lightning.
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
         filename="best-{epoch}",
@@ -153,8 +186,11 @@ def _fit(
         **_trainer_kwargs(exp),
     )
 
-    # 6. Train (or continue training).
-    ckpt_path = _resume_checkpoint(checkpoint_dir) if resume_run_id else None
+    return trainer, checkpoint
+
+
+def _train(trainer: L.Trainer, module: Any, datamodule: Any, ckpt_path: str | None, uri: str, run_id: str) -> None:
+    """trainer.fit; a run that does not finish is marked KILLED or FAILED (rank 0), Ctrl+C works again after."""
     status = "FAILED"
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -168,36 +204,6 @@ def _fit(
     finally:
         if trainer.global_rank == 0 and status != "FINISHED":
             runs.finish_run(runs.client_for(uri), run_id, status)
-    if trainer.global_rank != 0:
-        return FitResult(run_id=run_id, tracking_uri=uri)
-
-    # 7. Evaluate the best checkpoint on val (and test), log it and the model.
-    result = FitResult(run_id=run_id, tracking_uri=uri)
-    best = checkpoint.best_model_path or checkpoint.last_model_path
-    best_phase = plan.index
-    if best:
-        state = torch.load(best, map_location="cpu", weights_only=False)
-        module.load_state_dict(state["state_dict"])
-        best_phase = int(state.get("fruitlab_phase", {}).get("index", plan.index))
-    client = runs.client_for(uri)
-    for split in ("val", "test"):
-        if datamodule.has_split(split):
-            # From the feature cache when the best epoch's phase cached this split (the frozen part is the same)
-            cached = datamodule.cached_evaluation(split, best_phase)
-            report = _evaluate_and_log(client, run_id, model, datamodule, split, cached)
-            result.reports[split] = report
-    result.metrics = {f"{k}": v for k, v in _summary_metrics(result.reports).items()}
-    runs.set_tags(
-        client, run_id, {"fruitlab.checkpoint_dir": str(checkpoint_dir.resolve()), "fruitlab.best_checkpoint": best}
-    )
-    if exp.tracking.log_model:
-        example = datamodule.dataset("val")[0][0].unsqueeze(0)
-        result.model_uri = log_classifier(model, run_id, example)
-        runs.set_tags(client, run_id, {"fruitlab.model_uri": result.model_uri})
-    result.seconds = time.perf_counter() - started
-    runs.log_metrics(client, run_id, {"fit_seconds": result.seconds})
-    runs.finish_run(client, run_id, "FINISHED")
-    return result
 
 
 def _restore_ctrl_c() -> None:
@@ -243,61 +249,6 @@ def _trainer_kwargs(exp: Experiment) -> dict[str, Any]:
     t = exp.trainer
     kwargs = t.model_dump()
     return {k: v for k, v in kwargs.items() if v is not None}
-
-
-def _evaluate_and_log(
-    client: Any, run_id: str, model: Any, datamodule: ImageDataModule, split: str, cached: Any = None
-) -> dict[str, Any]:
-    """Metrics, report JSON, per-class CSV and confusion matrix per task of the best model on one split.
-
-    `cached`: (loader of cached tensors, the model's forward from them), else the images go through the model.
-    """
-    model.eval()
-    with torch.inference_mode():
-        if cached is not None:
-            probs, labels = predict_batches(cached[1], cached[0])
-        else:
-            probs, labels = predict_batches(model, datamodule._loader(split, train=False))
-    evaluation = evaluate_tasks(probs, labels, model.tasks)
-    prefix = _prefix(split)
-    metrics = {}
-    multi = len(evaluation["tasks"]) > 1
-    for task, report in evaluation["tasks"].items():
-        metrics |= {f"{prefix}/{task}/{k}": report[k] for k in ("acc", "precision_macro", "recall_macro", "f1_macro")}
-        name = f"{split}_{task}" if multi else split
-        client.log_text(run_id, _per_class_csv(report), f"evaluation/{name}_per_class.csv")
-        title = f"{split} {task + ' ' if multi else ''}confusion matrix (n={report['n']})"
-        client.log_figure(run_id, confusion_figure(report, title), f"evaluation/{name}_confusion.png")
-    if evaluation["joint_acc"] is not None:
-        metrics[f"{prefix}/{JOINT}/acc"] = evaluation["joint_acc"]
-    runs.log_metrics(client, run_id, metrics)
-    runs.log_json(client, run_id, evaluation, f"evaluation/{split}_report.json")
-    print(format_evaluation(evaluation, split))
-    return evaluation
-
-
-def _prefix(split: str) -> str:
-    return "best/val" if split == "val" else "test"
-
-
-def _per_class_csv(report: dict[str, Any]) -> str:
-    rows = ["class,precision,recall,f1,support"]
-    rows += [
-        f"{r['class']},{r['precision']:.6f},{r['recall']:.6f},{r['f1']:.6f},{r['support']}" for r in report["per_class"]
-    ]
-    return "\n".join(rows) + "\n"
-
-
-def _summary_metrics(reports: dict[str, dict[str, Any]]) -> dict[str, float]:
-    out = {}
-    for split, evaluation in reports.items():
-        prefix = _prefix(split)
-        for task, report in evaluation["tasks"].items():
-            out[f"{prefix}/{task}/acc"] = report["acc"]
-            out[f"{prefix}/{task}/f1_macro"] = report["f1_macro"]
-        if evaluation["joint_acc"] is not None:
-            out[f"{prefix}/{JOINT}/acc"] = evaluation["joint_acc"]
-    return out
 
 
 def _class_weights(splits: Any) -> dict[str, list[float]]:

@@ -13,21 +13,20 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from fruitlab.config import AugmentConfig, LossConfig
 from fruitlab.data.mixing import mix_batch
+from fruitlab.names import JOINT, SINGLE_TASK, metric_key
 from fruitlab.training.losses import TaskLoss
 from fruitlab.training.phases import PhasePlan
 
 log = logging.getLogger(__name__)
 
 STAGES = ("train", "val", "test")
-TASK = "class"  # single-task models report under {stage}/class/{metric}
-JOINT = "joint"  # multi-task: {stage}/joint/acc, the fraction of images with every task right
 
 
 def stage_metrics(num_classes: int) -> MetricCollection:
     return MetricCollection(
         {
             "acc": MulticlassAccuracy(num_classes=num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes=num_classes, average="macro"),
+            "f1_macro": MulticlassF1Score(num_classes=num_classes, average="macro"),  # names.PER_EPOCH
         }
     )
 
@@ -62,10 +61,9 @@ class ClassifierModule(L.LightningModule):
         )
         if self.multitask:
             self.joint = nn.ModuleDict({f"{s}_joint": MeanMetric() for s in STAGES})
-        # Set by the data module per stage while its loader serves cached tensors (training/featurecache.py):
-        # the chain link they start at (None: pooled features), so only the rest of the model runs on them.
+        # Shared with the data module, which records in it which stages' loaders serve cached tensors now
+        # (FeatureCache.serving), so only the rest of the model runs on those.
         self.feature_cache = feature_cache
-        self.cached_inputs: dict[str, int | None] = {}
         self._phase_counts: dict[str, int] = {}  # what the current phase trains (setup / a restored checkpoint)
         self._restored = False  # the phase came from a checkpoint (--resume)
 
@@ -78,8 +76,9 @@ class ClassifierModule(L.LightningModule):
         return self.model(self.prepare_input(x))
 
     def _forward(self, x: torch.Tensor, stage: str) -> Any:
-        if stage in self.cached_inputs:
-            return self.feature_cache.rest(self.prepare_input(x), self.cached_inputs[stage])
+        cache = self.feature_cache
+        if cache is not None and stage in cache.serving:
+            return cache.rest(self.prepare_input(x), cache.serving[stage])
         return self(x)
 
     # --- phases -------------------------------------------------------------------------------------------
@@ -133,8 +132,8 @@ class ClassifierModule(L.LightningModule):
             images, perm, lam = mix_batch(images, self.augment)
         logits = self._forward(images, stage)
         # Single-task models and data speak tensors; everything below speaks {task: tensor}.
-        logits = logits if isinstance(logits, dict) else {TASK: logits}
-        labels = target if isinstance(target, dict) else {TASK: target}
+        logits = logits if isinstance(logits, dict) else {SINGLE_TASK: logits}
+        labels = target if isinstance(target, dict) else {SINGLE_TASK: target}
         n = len(images)
         losses = self.loss_fn.per_task(logits, labels, perm, lam)
         objective = self.loss_fn.combine_losses(losses)
@@ -148,15 +147,15 @@ class ClassifierModule(L.LightningModule):
         for task, task_logits in logits.items():
             metrics[task].update(task_logits, labels[task])
             if self.multitask:
-                self.log(f"{stage}/{task}/loss", losses[task], on_step=False, on_epoch=True, batch_size=n)
+                self.log(metric_key(stage, task, "loss"), losses[task], on_step=False, on_epoch=True, batch_size=n)
             for name, metric in metrics[task].items():
                 bar = name == "acc" and not self.multitask
-                self.log(f"{stage}/{task}/{name}", metric, on_step=False, on_epoch=True, prog_bar=bar)
+                self.log(metric_key(stage, task, name), metric, on_step=False, on_epoch=True, prog_bar=bar)
         if self.multitask:
             right = torch.stack([logits[t].argmax(-1) == labels[t] for t in logits]).all(0).float()
             joint = self.joint[f"{stage}_joint"]
             joint.update(right)
-            self.log(f"{stage}/{JOINT}/acc", joint, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
+            self.log(metric_key(stage, JOINT, "acc"), joint, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
         return objective
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

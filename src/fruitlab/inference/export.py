@@ -33,7 +33,8 @@ import torch
 
 from fruitlab.data.images import load_rgb_array
 from fruitlab.errors import DataError, FruitlabError, ModelError, did_you_mean
-from fruitlab.serving.predict import TASK, Predictor, find_images, load_predictor
+from fruitlab.inference.predict import Predictor, find_images, load_predictor
+from fruitlab.names import SINGLE_TASK
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 INPUT_NAME = "image"
@@ -78,6 +79,7 @@ def export_model(
     samples: int = 32,
     tolerance: float = 1e-4,
     data_dir: str | None = None,
+    trust_pickle: bool = False,
 ) -> ExportResult:
     """Write `model` as `fmt` (onnx | torchscript) into `out`, then check it on real images (see module doc)."""
     if fmt not in FORMATS:
@@ -87,7 +89,7 @@ def export_model(
     if check_dir is not None and check_data is not None:
         raise FruitlabError("give --check DIR or --check-data NAME, not both")
     path = _output_path(model, fmt, out)
-    predictor = load_predictor(model, device="cpu")
+    predictor = load_predictor(model, device="cpu", trust_pickle=trust_pickle)
     images, sample, unreadable = _check_images(predictor, model, check_dir, check_data, samples, data_dir)
     module = predictor.model.eval()
     example = images[:2] if len(images) > 1 else images.repeat(2, 1, 1, 1)  # torch.export specialises a batch of 1
@@ -106,10 +108,7 @@ def export_model(
     export_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    with _quiet():
-        exported = _run_onnx(path, images) if fmt == "onnx" else _run_torchscript(path, images)
-    reference = _outputs(module, images)
-    logits_diff, probs_diff = _differences(reference, exported)
+    logits_diff, probs_diff = _check(module, path, fmt, images)
     result = ExportResult(
         path=path,
         format=fmt,
@@ -164,7 +163,7 @@ def _to_torchscript(module: torch.nn.Module, example: torch.Tensor, path: Path, 
 
 def _metadata(predictor: Predictor) -> dict[str, Any]:
     """labels.json as the logged model has it: a list of classes, or {task: [labels]} for a multi-task model."""
-    labels = predictor.labels if predictor.multitask else predictor.labels[TASK]
+    labels = predictor.labels if predictor.multitask else predictor.labels[SINGLE_TASK]
     return {"labels.json": labels, "preprocessing.json": predictor.preprocess}
 
 
@@ -182,6 +181,13 @@ def _output_path(model: str, fmt: str, out: str | Path | None) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ check
+def _check(module: torch.nn.Module, path: Path, fmt: str, images: torch.Tensor) -> tuple[float, float]:
+    """(logits, probabilities) max abs difference between the exported file and the PyTorch model on `images`."""
+    with _quiet():
+        exported = _run_onnx(path, images) if fmt == "onnx" else _run_torchscript(path, images)
+    return _differences(_outputs(module, images), exported)
+
+
 def _check_images(
     predictor: Predictor, model: str, check_dir: Any, check_data: str | None, samples: int, data_dir: str | None
 ) -> tuple[torch.Tensor, str, int]:
@@ -207,7 +213,7 @@ def _check_images(
 
 def _dataset_of(model: str) -> tuple[str, str | None]:
     """The dataset (and split scheme) the model's run was trained on: the default sample to check on."""
-    from fruitlab.tracking import refs, runs
+    from fruitlab.tracking import refs, runs, tags
 
     no_data = (
         f"model {model} does not say which data it was trained on; give --check DIR (a folder of images) or "
@@ -217,7 +223,7 @@ def _dataset_of(model: str) -> tuple[str, str | None]:
         raise DataError(no_data)
     uri = runs.tracking_uri()
     run = refs.resolve_run(runs.client_for(uri), model, uri)
-    dataset = run.data.tags.get("fruitlab.dataset")
+    dataset = run.data.tags.get(tags.DATASET)
     if not dataset:
         raise DataError(no_data)
     split = run.data.params.get("data.split")

@@ -16,7 +16,7 @@ import torch
 
 from fruitlab.data.images import load_rgb_array
 from fruitlab.evaluation.confidence import softmax
-from fruitlab.serving.predict import DECODE_THREADS, Predictor
+from fruitlab.inference.predict import DECODE_THREADS, Predictor
 
 
 @dataclass

@@ -26,11 +26,13 @@ from fruitlab.evaluation.confidence import check_threshold, fit_temperature, nll
 from fruitlab.evaluation.html import render_report
 from fruitlab.evaluation.metrics import evaluate_probabilities, headline
 from fruitlab.evaluation.records import predictions_csv
-from fruitlab.serving import evalreport
-from fruitlab.serving.evaldata import EvalData, check_split, load_eval_data, load_run_experiment
-from fruitlab.serving.predict import Predictor, load_predictor
-from fruitlab.serving.scoring import Scores, probabilities, score
+from fruitlab.inference import evalreport
+from fruitlab.inference.evaldata import EvalData, check_split, load_eval_data, load_run_experiment
+from fruitlab.inference.predict import Predictor, load_predictor
+from fruitlab.inference.scoring import Scores, probabilities, score
+from fruitlab.names import JOINT, SINGLE_TASK, metric_key
 from fruitlab.tracking import evaluations, runs
+from fruitlab.tracking.refs import ModelRef, ResolvedModel
 
 
 @dataclass
@@ -45,7 +47,7 @@ class EvaluationResult:
     def summary(self) -> str:
         parts = []
         for task, r in self.evaluation["tasks"].items():
-            name = "" if task == "class" else f"{task} "
+            name = "" if task == SINGLE_TASK else f"{task} "
             parts.append(f"{name}accuracy {r['acc']:.4f}  {name}ECE {r['ece']:.4f}")
         if self.evaluation.get("joint_acc") is not None:
             parts.append(f"joint accuracy {self.evaluation['joint_acc']:.4f}")
@@ -65,6 +67,7 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 32,
     uri: str | None = None,
+    trust_pickle: bool = False,
 ) -> EvaluationResult:
     lap = _Laps()
     # 1. Cheap input checks: a typo fails before the model or any image is loaded.
@@ -74,8 +77,8 @@ def evaluate(
     client = runs.client_for(uri)
 
     # 2. The model, the run that logged it, and the experiment that run was fitted with.
-    predictor = load_predictor(model, device=device, uri=uri, use_temperature=False)
-    ref = evaluations.model_ref(client, predictor.source)
+    predictor = load_predictor(model, device=device, uri=uri, use_temperature=False, trust_pickle=trust_pickle)
+    ref = predictor.resolved or ResolvedModel(ModelRef.parse(model), predictor.source)
     if fit_temp and ref.model_id is None:
         raise FruitlabError(
             f"--fit-temperature stores the temperature with a logged model; {model} is not one in {uri} "
@@ -145,7 +148,7 @@ def evaluate(
 
 def _temperature(
     client: MlflowClient,
-    ref: evaluations.ModelRef,
+    ref: ResolvedModel,
     predictor: Predictor,
     data: str,
     target: EvalData,
@@ -181,7 +184,7 @@ def _temperature(
 def _log(
     client: MlflowClient,
     run_id: str,
-    ref: evaluations.ModelRef,
+    ref: ResolvedModel,
     target: EvalData,
     report: dict[str, Any],
     figures: dict[str, bytes],
@@ -236,7 +239,7 @@ def _metrics(report: dict[str, Any], split: str) -> dict[str, float]:
             if chosen[0]["accuracy"] is not None:
                 out[f"{split}/{task}/acc_at_threshold"] = chosen[0]["accuracy"]
     if evaluation.get("joint_acc") is not None:
-        out[f"{split}/joint/acc"] = evaluation["joint_acc"]
+        out[metric_key(split, JOINT, "acc")] = evaluation["joint_acc"]
     return out
 
 
@@ -272,11 +275,7 @@ class _Laps:
 
 def _short(model: str) -> str:
     """models:/NAME@ALIAS -> NAME@ALIAS; a run id (or runs:/ID/...) -> its first 8 digits; a folder -> its name."""
-    if model.startswith("models:/"):
-        return model.removeprefix("models:/")
-    if model.startswith("runs:/") or re.fullmatch(r"[0-9a-f]{32}", model):
-        return model.removeprefix("runs:/")[:8]
-    return Path(model).name or model
+    return ModelRef.parse(model).short
 
 
 def _slug(model: str, target: EvalData) -> str:

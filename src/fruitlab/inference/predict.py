@@ -1,9 +1,9 @@
 """Predict with a logged or registered model: no Lightning, no training code.
 
-The model folder MLflow stores holds everything needed besides the weights: `labels.json` (a list of class names,
-or {task: [labels]} for a multi-task model) and `preprocessing.json` (input size, mean, std, interpolation, crop),
-written by tracking/models.py. Images are decoded by content (the fruit photos are JPEGs named .png) and framed
-exactly like validation images in training (data/transforms.py); unreadable files are reported, not fatal.
+The model folder MLflow stores holds the weights and everything needed besides them (labels per task,
+preprocessing: input size, mean, std, interpolation, crop), in the format of inference/model_format.py. Images are
+decoded by content (the fruit photos are JPEGs named .png) and framed exactly like validation images in training
+(data/transforms.py); unreadable files are reported, not fatal.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,18 +21,18 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
-import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fruitlab.data.images import EXTENSION_FORMATS, open_rgb
 from fruitlab.data.transforms import build_transform, eval_resize
-from fruitlab.errors import DataError, FruitlabError, ModelError, TrackingError
+from fruitlab.errors import DataError, FruitlabError, ModelError
 from fruitlab.evaluation.confidence import UNKNOWN
+from fruitlab.inference.model_format import load_model_dir
+from fruitlab.names import SINGLE_TASK
 from fruitlab.tracking import evaluations, refs
+from fruitlab.tracking.refs import ModelRef, ResolvedModel
 
-RUN_ID = re.compile(r"[0-9a-f]{32}")
-TASK = "class"  # single-task models: one task, named as in the metric names
 DECODE_THREADS = 2  # PIL releases the GIL while decoding
 
 
@@ -48,11 +47,12 @@ class Prediction:
 @dataclass
 class Predictor:
     model: torch.nn.Module
-    labels: dict[str, list[str]]  # task -> label names (single-task: {"class": [...]})
+    labels: dict[str, list[str]]  # task -> label names (single-task: {SINGLE_TASK: [...]})
     preprocess: dict[str, Any]
     source: str  # the URI or folder it came from
     device: str = "cpu"
     temperature: dict[str, float] | None = None  # task -> T, fitted by `fruitlab evaluate --fit-temperature`
+    resolved: ResolvedModel | None = None  # what the reference named in the tracking store
 
     def __post_init__(self) -> None:
         self.model = self.model.eval().to(self.device)
@@ -61,7 +61,7 @@ class Predictor:
 
     @property
     def multitask(self) -> bool:
-        return list(self.labels) != [TASK]
+        return list(self.labels) != [SINGLE_TASK]
 
     def predict(
         self, paths: Iterable[str], top_k: int = 1, batch_size: int = 32, threshold: float | None = None
@@ -106,7 +106,7 @@ class Predictor:
     def logits(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """{task: (B, n_task)} raw logits on the CPU, whatever the model returns (a tensor or a dict)."""
         output = self.model(images.to(self.device))  # (B, n) or {task: (B, n_task)}
-        output = output if isinstance(output, dict) else {TASK: output}
+        output = output if isinstance(output, dict) else {SINGLE_TASK: output}
         return {task: logits.float().cpu() for task, logits in output.items()}
 
     def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -118,51 +118,39 @@ class Predictor:
         return [(self.labels[task][i], float(v)) for v, i in zip(values.tolist(), indices.tolist(), strict=True)]
 
 
-def load_predictor(model: str, device: str = "auto", uri: str | None = None, use_temperature: bool = True) -> Predictor:
-    """A model by `models:/NAME@ALIAS`, `models:/NAME/VERSION`, `runs:/ID/model`, a run id or a model folder.
+def load_predictor(
+    model: str | ResolvedModel,
+    device: str = "auto",
+    uri: str | None = None,
+    use_temperature: bool = True,
+    trust_pickle: bool = False,
+) -> Predictor:
+    """A model by any reference tracking/refs.py accepts (or one resolved already), ready to predict.
 
     With `use_temperature`, a temperature stored with the model (see tracking/evaluations.py) scales its logits.
+    `trust_pickle`: also load a model an older fruitlab logged as a pickle (inference/legacy.py says why not).
     """
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    source = resolve_model_uri(model, uri)
-    if Path(source).is_dir():
-        return _from_folder(Path(source), source, device)
+    resolved = model if isinstance(model, ResolvedModel) else resolve_model(model, uri)
+    if resolved.ref.kind == "folder":
+        return _from_folder(Path(resolved.uri), resolved.uri, device, resolved, trust_pickle)
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp)
+            local = mlflow.artifacts.download_artifacts(artifact_uri=resolved.uri, dst_path=tmp)
         except MlflowException as exc:
-            raise ModelError(f"cannot download model {source!r}: {_first_line(exc)}") from None
-        predictor = _from_folder(Path(local), source, device)
+            raise ModelError(f"cannot download model {resolved.uri!r}: {_first_line(exc)}") from None
+        predictor = _from_folder(Path(local), resolved.uri, device, resolved, trust_pickle)
     if use_temperature:
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri) if uri else MlflowClient()
-        stored = evaluations.load_temperature(client, evaluations.model_ref(client, source).model_id)
+        stored = evaluations.load_temperature(_client(uri), resolved.model_id)
         predictor.temperature = stored["values"] if stored else None
     return predictor
 
 
-def resolve_model_uri(model: str, uri: str | None = None) -> str:
-    """Check the reference and turn a run id into its model's URI; errors list what exists."""
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri) if uri else MlflowClient()
-    if model.startswith("models:/"):
-        _check_registered(client, model)
-        return model
-    if model.startswith("runs:/"):
-        return model
-    path = Path(model)
-    if path.exists():
-        if not (path / "MLmodel").is_file():
-            raise ModelError(f"{model}: not a logged model folder (it has no MLmodel file)")
-        return str(path.resolve())
-    if RUN_ID.fullmatch(model):
-        try:
-            run = client.get_run(model)
-        except MlflowException:
-            raise ModelError(f"run {model!r} is not in the tracking store {mlflow.get_tracking_uri()}") from None
-        return run.data.tags.get("fruitlab.model_uri") or f"runs:/{model}/model"
-    raise ModelError(
-        f"unknown model {model!r}: expected models:/NAME@ALIAS (e.g. models:/quickstart@champion), "
-        "models:/NAME/VERSION, runs:/RUN_ID/model, a run id (32 hex digits) or a folder with an MLmodel file"
-    )
+def resolve_model(model: str, uri: str | None = None) -> ResolvedModel:
+    """`model` looked up in the tracking store (tracking/refs.py: one parser, one set of errors)."""
+    ref = ModelRef.parse(model)
+    client = None if ref.kind == "folder" else _client(uri)  # a folder needs no store (none is created)
+    return refs.resolve(client, ref, uri or mlflow.get_tracking_uri())
 
 
 def find_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
@@ -191,7 +179,7 @@ def find_images(inputs: Iterable[str | os.PathLike[str]]) -> list[str]:
 def format_prediction(pred: Prediction) -> str:
     if pred.error:
         return f"{pred.path}  error: {pred.error}"
-    multi = list(pred.tasks) != [TASK]
+    multi = list(pred.tasks) != [SINGLE_TASK]
     parts = []
     for task, top in pred.tasks.items():
         labels = ", ".join(f"{label} {prob:.3f}" for label, prob in top)
@@ -237,46 +225,15 @@ def _answers(tops: dict[str, list[tuple[str, float]]], threshold: float | None) 
     return {t: top[0][0] if threshold is None or top[0][1] >= threshold else UNKNOWN for t, top in tops.items()}
 
 
-def _from_folder(folder: Path, source: str, device: str) -> Predictor:
-    labels = _read_json(folder, "labels.json", source)
-    preprocess = _read_json(folder, "preprocessing.json", source)
-    try:
-        model = _load_module(folder, device)
-    except Exception as exc:  # unpickling can fail in many ways: another fruitlab version, a missing package...
-        raise ModelError(f"cannot load the model {source!r}: {type(exc).__name__}: {_first_line(exc)}") from None
-    tasks = labels if isinstance(labels, dict) else {TASK: list(labels)}
-    return Predictor(model, tasks, preprocess, source, device)
+def _from_folder(
+    folder: Path, source: str, device: str, resolved: ResolvedModel, trust_pickle: bool = False
+) -> Predictor:
+    model, tasks, preprocess = load_model_dir(folder, source, trust_pickle)
+    return Predictor(model, tasks, preprocess, source, device, resolved=resolved)
 
 
-def _load_module(folder: Path, device: str) -> torch.nn.Module:
-    """The pickled nn.Module of an MLflow pytorch model folder (fruitlab logs pickles, see tracking/models.py).
-
-    Read with torch.load rather than mlflow.pytorch.load_model: importing mlflow.pytorch imports its Lightning
-    autolog module, i.e. the whole `pytorch_lightning` package (seconds, and a package serving does not need).
-    Like MLflow's loader, this unpickles: load only models from your own tracking store.
-    """
-    flavor = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["pytorch"]
-    path = folder / flavor.get("model_data", "data") / "model.pth"
-    if not path.is_file():  # another serialisation (e.g. MLflow's pt2 export): MLflow's own loader
-        return mlflow.pytorch.load_model(str(folder), map_location=device)
-    return torch.load(path, map_location=device, weights_only=False)
-
-
-def _read_json(folder: Path, name: str, source: str) -> Any:
-    for path in (folder / "extra_files" / name, folder / name):
-        if path.is_file():
-            return json.loads(path.read_text())
-    raise ModelError(f"model {source!r} has no {name}: was it logged by fruitlab (fit or sweep)?")
-
-
-def _check_registered(client: MlflowClient, uri: str) -> None:
-    """models:/NAME@ALIAS and models:/NAME/VERSION: the name, alias or version exists, else say what does."""
-    if uri.removeprefix("models:/").startswith("m-"):
-        return  # a logged model id (MLflow 3): the download says if it is wrong
-    try:
-        refs.model_version(client, uri)
-    except TrackingError as exc:
-        raise ModelError(str(exc)) from None
+def _client(uri: str | None) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri, registry_uri=uri) if uri else MlflowClient()
 
 
 def _first_line(exc: BaseException) -> str:

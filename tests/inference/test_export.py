@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from fruitlab.errors import FruitlabError, ModelError
-from fruitlab.serving import export as export_module
-from fruitlab.serving.export import export_model
-from fruitlab.serving.predict import find_images, load_predictor
+from fruitlab.inference import export as export_module
+from fruitlab.inference.export import export_model
+from fruitlab.inference.predict import find_images, load_predictor
 from tests.conftest import real_photo_crops
 from tests.test_cli import assert_clean_error, run
 from tests.tracking.helpers import CLASSES, TASKS, logged_run

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from fruitlab.errors import ModelError
-from fruitlab.serving.predict import find_images, format_prediction, load_predictor, write_predictions
+from fruitlab.inference.predict import find_images, format_prediction, load_predictor, write_predictions
 from fruitlab.tracking import runs
 from fruitlab.tracking.registry import promote
 from tests.test_cli import assert_clean_error, run
@@ -116,7 +116,7 @@ def test_a_multi_task_model_prints_every_task(tracking, photos):
         ("models:/photoz@champion", "did you mean 'photos'"),
         ("models:/photos@champ", "did you mean 'champion'"),
         ("models:/photos/7", "has no version '7'"),
-        ("0" * 32, "is not in the tracking store"),
+        ("0" * 32, "no run '0000"),
     ],
 )
 def test_unknown_models_say_what_exists(tracking, model, fragment):
@@ -127,7 +127,7 @@ def test_unknown_models_say_what_exists(tracking, model, fragment):
 def test_predict_in_a_fresh_process_imports_no_lightning(store, photos):
     code = (
         "import sys\n"
-        "from fruitlab.serving.predict import find_images, load_predictor\n"
+        "from fruitlab.inference.predict import find_images, load_predictor\n"
         f"p = load_predictor('models:/photos@champion', device='cpu')\n"
         f"print(sum(1 for x in p.predict(find_images([{str(photos)!r}])) if not x.error))\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')\n"

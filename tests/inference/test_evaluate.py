@@ -21,8 +21,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from fruitlab.evaluation.html import SECTIONS
-from fruitlab.serving.predict import find_images, load_predictor
-from fruitlab.tracking import evaluations, runs
+from fruitlab.inference.predict import find_images, load_predictor
+from fruitlab.tracking import evaluations, runs, tags
 from tests.browser import chromium
 from tests.conftest import real_photo_crops
 from tests.test_cli import assert_clean_error, run
@@ -158,9 +158,9 @@ def test_the_evaluation_run_is_linked_to_the_model_and_stores_its_temperature(st
     run_id, _ = _summary(store)
     evaluation, source = client.get_run(run_id), client.get_run(store.single)
     assert evaluation.info.experiment_id == source.info.experiment_id
-    assert evaluation.data.tags[evaluations.SOURCE_RUN_TAG] == store.single
-    assert evaluation.data.tags[evaluations.KIND_TAG] == "evaluation"
-    assert source.data.tags[evaluations.LAST_EVALUATION_TAG] == run_id
+    assert evaluation.data.tags[tags.SOURCE_RUN] == store.single
+    assert evaluation.data.tags[tags.RUN_KIND] == "evaluation"
+    assert source.data.tags[tags.LAST_EVALUATION] == run_id
     model_id = source.data.tags["fruitlab.model_uri"].removeprefix("models:/")
     assert [m.model_id for m in evaluation.inputs.model_inputs] == [model_id]
     assert {m.key for m in client.get_logged_model(model_id).metrics} >= {"test/class/acc", "test/class/ece"}
@@ -197,7 +197,7 @@ def test_predict_answers_unknown_below_the_threshold(store, client):
 
 
 def test_a_multi_task_model_gets_every_task_and_the_joint_accuracy(store, client, tmp_path):
-    from fruitlab.serving.evaluate import evaluate
+    from fruitlab.inference.evaluate import evaluate
 
     result = evaluate(store.multi, str(store.fruit), split="val", out=tmp_path, device="cpu")
     tasks = result.evaluation["tasks"]
@@ -223,8 +223,8 @@ def test_a_multi_task_model_gets_every_task_and_the_joint_accuracy(store, client
 )
 def test_grad_cam_finds_the_last_feature_map_of_each_family(backbone, head, layer):
     from fruitlab.config import ModelConfig, PreprocessConfig
+    from fruitlab.inference.saliency import find_target_layer, gradcam_maps
     from fruitlab.models.classifier import build_classifier
-    from fruitlab.serving.saliency import find_target_layer, gradcam_maps
 
     torch.manual_seed(0)
     model, _ = build_classifier(

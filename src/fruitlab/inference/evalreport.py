@@ -11,10 +11,10 @@ from fruitlab.evaluation import figures as plots
 from fruitlab.evaluation.confidence import THRESHOLDS, threshold_curve, threshold_table
 from fruitlab.evaluation.html import Tile
 from fruitlab.evaluation.metrics import evaluate_probabilities, headline
-from fruitlab.serving.evaldata import EvalData
-from fruitlab.serving.predict import Predictor
-from fruitlab.serving.saliency import find_target_layer, gradcam_maps, overlay_tiles
-from fruitlab.serving.scoring import model_inputs, to_display
+from fruitlab.inference.evaldata import EvalData
+from fruitlab.inference.predict import Predictor
+from fruitlab.inference.saliency import find_target_layer, gradcam_maps, overlay_tiles
+from fruitlab.inference.scoring import model_inputs, to_display
 
 N_WRONG = 12  # tiles in the most-confidently-wrong grid, per task
 N_CAM = 8  # Grad-CAM overlays per task: up to this many right and this many wrong predictions

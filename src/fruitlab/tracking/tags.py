@@ -1,0 +1,42 @@
+"""The MLflow tag names fruitlab writes and reads, in one place (runs, logged models, registered versions).
+
+A tag is a contract between the code that writes it (fit, evaluate, promote) and the code that reads it (predict,
+serve, compare, promote); defined here once, so that the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+# On a fit run
+VERSION = "fruitlab.version"  # the fruitlab that ran it
+EXPERIMENT_FILE = "fruitlab.experiment_file"
+BACKBONE = "fruitlab.backbone"
+WEIGHTS = "fruitlab.weights"  # where the backbone's starting weights came from
+DATASET = "fruitlab.dataset"
+DATASET_FINGERPRINT = "fruitlab.dataset_fingerprint"  # also on registered versions: what the scores were measured on
+CLASSES = "fruitlab.classes"
+TASKS = "fruitlab.tasks"
+CHECKPOINT_DIR = "fruitlab.checkpoint_dir"
+BEST_CHECKPOINT = "fruitlab.best_checkpoint"
+MODEL_URI = "fruitlab.model_uri"  # the model the run logged: models:/m-...
+ROLE = "fruitlab.role"  # 'sweep' on a study's parent run
+
+# On an evaluation run (and its source run)
+RUN_KIND = "fruitlab.run_kind"  # 'evaluation'; fit runs carry no such tag
+SOURCE_RUN = "fruitlab.source_run_id"  # the run that trained the evaluated model
+EVALUATED_MODEL = "fruitlab.evaluated_model"  # the model reference as the user gave it
+LOGGED_MODEL_ID = "fruitlab.logged_model_id"
+LAST_EVALUATION = "fruitlab.last_evaluation_run_id"  # on the source run: its latest evaluation
+
+# On a logged model
+TEMPERATURE = "fruitlab.temperature"  # JSON {task: T}
+TEMPERATURE_RUN = "fruitlab.temperature_run_id"  # the evaluation run that fitted it
+TEMPERATURE_DATA = "fruitlab.temperature_data"  # what it was fitted on
+CONVERTED_FROM = "fruitlab.converted_from"  # convert-model: the pickled model this one was made from
+
+# On a registered version (promote)
+METRIC = "fruitlab.metric"
+CANDIDATE_SCORE = "fruitlab.candidate_score"
+CHAMPION_SCORE = "fruitlab.champion_score"
+CHAMPION_VERSION = "fruitlab.champion_version"
+DECISION = "fruitlab.decision"
+DECISION_REASON = "fruitlab.decision_reason"

@@ -1,0 +1,95 @@
+"""The last step of fit: the best checkpoint evaluated on val (and test), logged to the run.
+
+The numbers come from the same pipeline as `fruitlab evaluate` (evaluation/metrics.py: evaluate_probabilities) and
+carry the same names, `{stage}/{task}/{metric}` with stage `best/val` or `test` (names.metric_key); fit adds a
+per-class CSV, a confusion matrix image and the report JSON per split under `evaluation/`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from fruitlab.evaluation.metrics import evaluate_probabilities, headline
+from fruitlab.evaluation.report import confusion_figure, format_evaluation, predict_batches
+from fruitlab.names import JOINT, metric_key
+from fruitlab.tracking import runs
+
+SPLITS = ("val", "test")
+SUMMARY = ("acc", "f1_macro")  # what fit returns and prints per task (every metric is logged)
+
+
+def evaluate_best(
+    client: Any, run_id: str, module: Any, checkpoint: ModelCheckpoint, datamodule: Any
+) -> tuple[str, dict[str, dict[str, Any]]]:
+    """(the best checkpoint's path, {split: evaluation}) after loading the best weights into `module`."""
+    best = checkpoint.best_model_path or checkpoint.last_model_path
+    best_phase = module.plan.index
+    if best:
+        # fit's own checkpoint: tensors and plain containers only, so no unpickling of arbitrary objects
+        state = torch.load(best, map_location="cpu", weights_only=True)
+        module.load_state_dict(state["state_dict"])
+        best_phase = int(state.get("fruitlab_phase", {}).get("index", module.plan.index))
+    reports = {}
+    for split in SPLITS:
+        if datamodule.has_split(split):
+            # From the feature cache when the best epoch's phase cached this split (the frozen part is the same)
+            cached = datamodule.cached_evaluation(split, best_phase)
+            reports[split] = _evaluate_and_log(client, run_id, module.model, datamodule, split, cached)
+    return best, reports
+
+
+def summary_metrics(reports: dict[str, dict[str, Any]]) -> dict[str, float]:
+    out = {}
+    for split, evaluation in reports.items():
+        for task, report in evaluation["tasks"].items():
+            out.update({metric_key(stage(split), task, k): report[k] for k in SUMMARY})
+        if evaluation["joint_acc"] is not None:
+            out[metric_key(stage(split), JOINT, "acc")] = evaluation["joint_acc"]
+    return out
+
+
+def stage(split: str) -> str:
+    return "best/val" if split == "val" else "test"
+
+
+def _evaluate_and_log(
+    client: Any, run_id: str, model: Any, datamodule: Any, split: str, cached: Any = None
+) -> dict[str, Any]:
+    """Metrics, report JSON, per-class CSV and confusion matrix per task of the best model on one split.
+
+    `cached`: (loader of cached tensors, the model's forward from them), else the images go through the model.
+    """
+    model.eval()
+    with torch.inference_mode():
+        if cached is not None:
+            probs, labels = predict_batches(cached[1], cached[0])
+        else:
+            probs, labels = predict_batches(model, datamodule._loader(split, train=False))
+    evaluation = evaluate_probabilities(
+        {t: p.numpy() for t, p in probs.items()}, {t: y.numpy() for t, y in labels.items()}, model.tasks
+    )
+    metrics = {}
+    multi = len(evaluation["tasks"]) > 1
+    for task, report in evaluation["tasks"].items():
+        metrics |= {metric_key(stage(split), task, k): v for k, v in headline(report).items()}
+        name = f"{split}_{task}" if multi else split
+        client.log_text(run_id, _per_class_csv(report), f"evaluation/{name}_per_class.csv")
+        title = f"{split} {task + ' ' if multi else ''}confusion matrix (n={report['n']})"
+        client.log_figure(run_id, confusion_figure(report, title), f"evaluation/{name}_confusion.png")
+    if evaluation["joint_acc"] is not None:
+        metrics[metric_key(stage(split), JOINT, "acc")] = evaluation["joint_acc"]
+    runs.log_metrics(client, run_id, metrics)
+    runs.log_json(client, run_id, evaluation, f"evaluation/{split}_report.json")
+    print(format_evaluation(evaluation, split))
+    return evaluation
+
+
+def _per_class_csv(report: dict[str, Any]) -> str:
+    rows = ["class,precision,recall,f1,support"]
+    rows += [
+        f"{r['class']},{r['precision']:.6f},{r['recall']:.6f},{r['f1']:.6f},{r['support']}" for r in report["per_class"]
+    ]
+    return "\n".join(rows) + "\n"
