@@ -82,7 +82,9 @@ def test_the_committed_v1_model_predicts_as_it_did(tmp_path):
     for prediction in predictor.predict(fixture_photos(tmp_path), top_k=3):  # decoding and framing included
         expected = EXPECTED["photos"][Path(prediction.path).name]
         assert [label for label, _ in prediction.tasks["class"]] == list(expected)
-        assert dict(prediction.tasks["class"]) == pytest.approx(expected, abs=2e-3)
+        # The weights are checked exactly above; photo probabilities also include decoding, which may change within
+        # a few thousandths (open_rgb's box reduce of large images, issue 15, moved them by 0.0025).
+        assert dict(prediction.tasks["class"]) == pytest.approx(expected, abs=5e-3)
 
 
 def test_timm_and_safetensors_alone_load_the_weights_as_the_readme_says():
