@@ -207,14 +207,35 @@ def test_resuming_a_finished_run_is_refused_before_anything_loads(tmp_path):
     assert_clean_error(unknown, f"run '{'0' * 32}' is not in the tracking store")
 
 
-def test_fit_on_one_class_is_one_line_not_a_traceback(tmp_path):
+# Runs the `fruitlab` entry point and, however it ends, prints which heavy libraries it had imported by then.
+IMPORTED_PROBE = """
+import sys
+from fruitlab.cli import main
+sys.argv = ["fruitlab", *sys.argv[1:]]
+try:
+    main()
+finally:
+    print("imported:", sorted({m.split(".")[0] for m in sys.modules} & {"torch", "lightning", "timm", "mlflow"}))
+"""
+
+
+def test_fit_on_one_class_is_refused_before_the_training_stack_is_imported(tmp_path):
     from skimage import data
 
     (tmp_path / "photos" / "cat").mkdir(parents=True)
     for i in range(3):
         Image.fromarray(data.chelsea()[i * 20 : i * 20 + 200, :200]).save(tmp_path / "photos" / "cat" / f"{i}.jpg")
     exp = write_experiment(tmp_path / "one.yaml", SMOKE_EXPERIMENT.replace("fruits_fresh_rotten", "image_folder"))
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "FRUITLAB_DATA_DIR": str(tmp_path / "cache")}
-    result = run("fit", "-e", str(exp), "--set", f"data.root={tmp_path / 'photos'}", cwd=tmp_path, env=env)
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "FRUITLAB_DATA_DIR": str(tmp_path / "cache"),
+    }
+    args = ["fit", "-e", str(exp), "--set", f"data.root={tmp_path / 'photos'}"]
+    result = subprocess.run(
+        [sys.executable, "-c", IMPORTED_PROBE, *args], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
     assert_clean_error(result, "classification needs at least 2 classes; found 1 ('cat', 3 images in ")
+    assert "imported: []" in result.stdout, result.stdout  # no torch, Lightning, timm or MLflow yet
     assert not (tmp_path / "mlflow.db").exists()  # refused before a run was opened
+    assert_clean_error(run(*args, cwd=tmp_path, env=env), "classification needs at least 2 classes")  # the real command

@@ -164,9 +164,14 @@ def fit(
     else:
         raise FruitlabError("give --experiment NAME (see `fruitlab experiments`) or --resume RUN_ID")
     _check_names(exp)
+    from fruitlab.data.registry import load_dataset
+
+    # The data is listed and checked (classes, splits) before torch and Lightning load: a folder with one class
+    # or no images fails in a second, not after the training stack's imports.
+    splits = load_dataset(exp.data, seed=exp.seed, data_dir=data_dir, where=exp.where("data.dataset"))
     from fruitlab.training.fit import fit as run_fit
 
-    result = run_fit(exp, resume_run_id=resume, data_dir=data_dir)
+    result = run_fit(exp, resume_run_id=resume, data_dir=data_dir, splits=splits)
     if result.metrics:
         summary = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         typer.echo(f"run {result.run_id}  {summary}  ({result.seconds:.0f} s)")

@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from fruitlab.config import Experiment
 from fruitlab.data.balance import class_weights
-from fruitlab.data.registry import load_dataset
+from fruitlab.data.registry import DatasetSplits, load_dataset
 from fruitlab.errors import TrackingError
 from fruitlab.inference.model_format import log_classifier
 from fruitlab.models.classifier import build_classifier
@@ -54,8 +54,10 @@ def fit(
     data_dir: str | None = None,
     callbacks: list[Any] | None = None,
     tags: dict[str, str] | None = None,
+    splits: DatasetSplits | None = None,
 ) -> FitResult:
-    """`callbacks`: extra Lightning callbacks (a sweep's pruning); `tags`: extra run tags (`mlflow.parentRunId`...)."""
+    """`callbacks`: extra Lightning callbacks (a sweep's pruning); `tags`: extra run tags (`mlflow.parentRunId`...);
+    `splits`: the data when the caller loaded it already (the CLI does, before it imports Lightning)."""
     with warnings.catch_warnings():
         # Frozen BatchNorm layers are in eval mode on purpose (see phases.py); Lightning warns about any.
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
@@ -63,7 +65,14 @@ def fit(
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=DeprecationWarning)
         # Curves are logged per epoch; Lightning's step-logging interval does not apply.
         warnings.filterwarnings("ignore", message=r".*smaller than the logging interval")
-        return _fit(exp, resume_run_id=resume_run_id, data_dir=data_dir, extra_callbacks=callbacks, extra_tags=tags)
+        return _fit(
+            exp,
+            resume_run_id=resume_run_id,
+            data_dir=data_dir,
+            extra_callbacks=callbacks,
+            extra_tags=tags,
+            splits=splits,
+        )
 
 
 def _fit(
@@ -73,6 +82,7 @@ def _fit(
     data_dir: str | None,
     extra_callbacks: list[Any] | None = None,
     extra_tags: dict[str, str] | None = None,
+    splits: DatasetSplits | None = None,
 ) -> FitResult:
     started = time.perf_counter()
     # 1. Names first: a typo fails in a second, before any download or weight load.
@@ -80,7 +90,7 @@ def _fit(
     L.seed_everything(exp.seed, workers=True, verbose=False)
 
     # 2. Data: classes come from the data, never from the config.
-    splits = load_dataset(exp.data, seed=exp.seed, data_dir=data_dir, where=exp.where("data.dataset"))
+    splits = splits or load_dataset(exp.data, seed=exp.seed, data_dir=data_dir, where=exp.where("data.dataset"))
 
     # 3. Model, phase plan, LightningModule.
     model, weights, module, datamodule = _build(exp, splits)
