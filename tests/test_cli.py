@@ -123,24 +123,21 @@ def test_data_fetch_from_mirror(tmp_path, mirror):
     assert again.returncode == 0 and "ready at" in again.stdout
 
 
-@pytest.mark.smoke
-def test_interrupted_fit_resumes_in_the_same_run(tmp_path, fruit_data_dir):
-    """Ctrl+C in the middle of a fit, then `fit --resume RUN_ID`: the same MLflow run finishes every epoch."""
-    import signal
+RESUME_EXPERIMENT = SMOKE_EXPERIMENT.replace("epochs: 1, train: none", "epochs: 2, train: none").replace(
+    "epochs: 1, train: {last_stages: 2}", "epochs: 2, train: {last_stages: 2}"
+)
+
+
+def start_fit_until_first_checkpoint(tmp_path: Path, data_dir: Path) -> tuple[subprocess.Popen, dict, Path]:
+    """A real `fruitlab fit` (4 epochs, tiny model, real photos) in a child process, returned still running once
+    its first checkpoint is on disk: (process, its environment, the experiment file)."""
     import time
 
-    from mlflow.tracking import MlflowClient
-
-    exp = write_experiment(
-        tmp_path / "resume.yaml",
-        SMOKE_EXPERIMENT.replace("epochs: 1, train: none", "epochs: 2, train: none").replace(
-            "epochs: 1, train: {last_stages: 2}", "epochs: 2, train: {last_stages: 2}"
-        ),
-    )
+    exp = write_experiment(tmp_path / "resume.yaml", RESUME_EXPERIMENT)
     env = {
         **os.environ,
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "FRUITLAB_DATA_DIR": str(fruit_data_dir),
+        "FRUITLAB_DATA_DIR": str(data_dir),
     }
     proc = subprocess.Popen(
         [FRUITLAB, "fit", "-e", str(exp)],
@@ -153,8 +150,36 @@ def test_interrupted_fit_resumes_in_the_same_run(tmp_path, fruit_data_dir):
     )
     deadline = time.time() + 240
     while not list(tmp_path.glob("checkpoints/*/last.ckpt")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert proc.poll() is None, "the fit ended before it could be interrupted"
+    return proc, env, exp
+
+
+def assert_resumed_to_the_end(client, run_id: str, resumed: subprocess.CompletedProcess) -> None:
+    """One run, FINISHED, every epoch once (both phases), one model and one value per best/* metric."""
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"run {run_id}" in resumed.stdout
+    run_info = client.get_run(run_id)
+    assert run_info.info.status == "FINISHED"
+    assert len(client.search_runs([run_info.info.experiment_id])) == 1  # no second run
+    epochs = sorted({int(m.value) for m in client.get_metric_history(run_id, "epoch")})
+    assert epochs == [0, 1, 2, 3]
+    val_epochs = [m.step for m in client.get_metric_history(run_id, "val/class/acc")]
+    assert len(val_epochs) == 4 and len(set(val_epochs)) == 4, val_epochs  # no epoch trained (and logged) twice
+    assert [m.value for m in client.get_metric_history(run_id, "phase")][-1] == 1.0
+    assert len(client.get_metric_history(run_id, "best/val/class/acc")) == 1
+    models = client.search_logged_models([run_info.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    assert len(models) == 1
+
+
+@pytest.mark.smoke
+def test_interrupted_fit_resumes_in_the_same_run(tmp_path, fruit_data_dir):
+    """Ctrl+C in the middle of a fit, then `fit --resume RUN_ID`: the same MLflow run finishes every epoch."""
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    proc, env, exp = start_fit_until_first_checkpoint(tmp_path, fruit_data_dir)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
@@ -164,18 +189,11 @@ def test_interrupted_fit_resumes_in_the_same_run(tmp_path, fruit_data_dir):
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     assert client.get_run(run_id).info.status == "KILLED"
     resumed = run("fit", "--resume", run_id, cwd=tmp_path, env=env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"run {run_id}" in resumed.stdout
+    assert_resumed_to_the_end(client, run_id, resumed)
     # The banner names the run's experiment and the phase the checkpoint restores, not phase 1 before the restore
     assert f"MLflow run {run_id}, experiment 'resume'" in resumed.stderr, resumed.stderr[-3000:]
     assert "resumed from the checkpoint in phase" in resumed.stderr
     assert "phase 1/2 'head': training" not in resumed.stderr.split("resumed from the checkpoint")[0]
-    run_info = client.get_run(run_id)
-    assert run_info.info.status == "FINISHED"
-    assert len(client.search_runs([run_info.info.experiment_id])) == 1  # no second run
-    epochs = sorted({int(m.value) for m in client.get_metric_history(run_id, "epoch")})
-    assert epochs == [0, 1, 2, 3]
-    assert [m.value for m in client.get_metric_history(run_id, "phase")][-1] == 1.0
 
     # A finished run is not trained again: refused, and the run keeps one model and one value per best/* metric
     end_time = client.get_run(run_id).info.end_time
@@ -184,6 +202,27 @@ def test_interrupted_fit_resumes_in_the_same_run(tmp_path, fruit_data_dir):
     finished = client.get_run(run_id)
     assert finished.info.status == "FINISHED" and finished.info.end_time == end_time
     assert len(client.get_metric_history(run_id, "best/val/class/acc")) == 1
+
+
+@pytest.mark.slow
+def test_a_fit_killed_with_sigkill_resumes_in_the_same_run(tmp_path, fruit_data_dir):
+    """kill -9 after the first checkpoint: no handler runs, the run stays RUNNING; --resume finishes it."""
+    import signal
+
+    from mlflow.tracking import MlflowClient
+
+    proc, env, _ = start_fit_until_first_checkpoint(tmp_path, fruit_data_dir)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    run_id = next(tmp_path.glob("checkpoints/*")).name
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    assert client.get_run(run_id).info.status == "RUNNING"  # nobody marked it: the process died at once
+    assert not client.get_metric_history(run_id, "best/val/class/acc")
+    resumed = run("fit", "--resume", run_id, cwd=tmp_path, env=env)
+    assert_resumed_to_the_end(client, run_id, resumed)
+    assert "resumed from the checkpoint in phase" in resumed.stderr
 
 
 def test_resuming_a_finished_run_is_refused_before_anything_loads(tmp_path):
