@@ -7,8 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false \
-    FRUITLAB_EXPERIMENTS=/app/experiments
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 
 # The CPU wheels of torch/torchvision (the default index would add several GB of CUDA libraries);
 # build with --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu130 for a GPU image.
@@ -17,7 +16,6 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 WORKDIR /app
 COPY pyproject.toml constraints.txt README.md ./
 COPY src ./src
-COPY experiments ./experiments
 # psycopg2 for PostgreSQL (MLflow's backend store and the prediction log), at the version constraints.txt pins
 RUN pip install --extra-index-url "$TORCH_INDEX" -c constraints.txt . psycopg2-binary
 

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fruitlab.config import DataConfig, Experiment, load_experiment
+from fruitlab.config import PACKAGED_EXPERIMENTS, DataConfig, Experiment, load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERHEAD_YAML = ROOT / "benchmarks" / "overhead.yaml"
@@ -238,7 +238,7 @@ def loader(sizes: Sizes, args: argparse.Namespace) -> list[str]:
     threads = torch.get_num_threads()
     cases = []
     for name, label in (("vgg16_cifar10", "CIFAR-10 at 32 px"), ("quickstart", "fruit photos at 224 px")):
-        exp = load_experiment(str(ROOT / "experiments" / f"{name}.yaml"))
+        exp = load_experiment(name)
         splits = load_dataset(exp.data, seed=exp.seed)
         model_cfg = exp.model.model_copy(update={"pretrained": False})  # weights do not change the speed
         make = model_factory(exp, model_cfg, splits.tasks)
@@ -472,7 +472,7 @@ def ms(values: list[float], percentile: int) -> str:
 
 # --------------------------------------------------------------------------------------------------- knobs
 def knobs(sizes: Sizes, args: argparse.Namespace) -> list[str]:
-    exp = load_experiment(str(ROOT / "experiments" / "quickstart.yaml"))
+    exp = load_experiment("quickstart")
     make = model_factory(exp, exp.model, [f"class{i}" for i in range(6)])
     size, batch = make().preprocess["input_size"], exp.data.batch_size
     optimizer = exp.finetune.phases[-1].optimizer
@@ -597,7 +597,7 @@ def sweep(sizes: Sizes, args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="fruitlab-bench-") as tmp:
         tmp = Path(tmp)
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
-        quickstart = ROOT / "experiments" / "quickstart.yaml"
+        quickstart = PACKAGED_EXPERIMENTS / "quickstart.yaml"
         warm_up(quickstart, SWEEP_SETS, uri)
         for pruner in ("median", "none"):
             for caches in ("auto", "off"):

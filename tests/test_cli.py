@@ -35,8 +35,37 @@ def test_help_and_listing():
     assert "quickstart" in listing.stdout and "finetune_vgg16" in listing.stdout
 
 
-def test_unknown_experiment():
-    assert_clean_error(run("fit", "-e", "quikstart"), "unknown experiment 'quikstart'", "did you mean 'quickstart'")
+def test_the_packaged_experiments_are_listed_from_any_folder(tmp_path):
+    listing = run("experiments", cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    assert any(line.split()[:2] == ["quickstart", "packaged"] for line in listing.stdout.splitlines()), listing.stdout
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "quickstart.yaml").write_text("description: my own quickstart\n")
+    shadowed = run("experiments", cwd=tmp_path)
+    assert "./experiments (overrides packaged)  my own quickstart" in shadowed.stdout, shadowed.stdout
+    assert "finetune_vgg16" in shadowed.stdout and str(tmp_path / "experiments") in shadowed.stderr
+
+
+@pytest.mark.smoke
+def test_fit_a_packaged_experiment_outside_the_repo(tmp_path, fruit_data_dir):
+    """`fruitlab fit -e quickstart` in an empty folder: the packaged file, sized down to a tiny model."""
+    tiny = ["model.backbone=test_efficientnet", "model.pretrained=false", "data.max_per_class=4"]
+    tiny += ["preprocess.input_size=64", "finetune.phases.0.epochs=1", "finetune.phases.1.epochs=1"]
+    tiny += ["data.num_workers=0", "trainer.enable_progress_bar=false"]
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "FRUITLAB_DATA_DIR": str(fruit_data_dir)}
+    result = run("fit", "-e", "quickstart", *[f"--set={item}" for item in tiny], cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "experiment 'quickstart'" in result.stderr and "best/val/class/acc" in result.stdout
+
+
+def test_unknown_experiment(tmp_path):
+    assert_clean_error(
+        run("fit", "-e", "quikstart", cwd=tmp_path),
+        "unknown experiment 'quikstart'",
+        "did you mean 'quickstart'",
+        "finetune_vgg16",  # the known names
+        f"looked in {tmp_path / 'experiments'} and the packaged experiments",
+    )
 
 
 def test_unknown_key():

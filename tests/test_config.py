@@ -1,21 +1,20 @@
 """The schema: defaults, every experiment file, overrides, and errors that name file, key, value and choices."""
 
-from pathlib import Path
-
 import pytest
 
 from fruitlab.config import (
+    PACKAGED_EXPERIMENTS,
     Experiment,
     apply_override,
     describe_experiment,
+    find_experiments,
     list_experiments,
     load_experiment,
     validate_experiment,
 )
 from fruitlab.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = REPO / "experiments"
+EXPERIMENTS = PACKAGED_EXPERIMENTS
 
 
 @pytest.mark.parametrize("name", sorted(list_experiments(EXPERIMENTS)))
@@ -68,6 +67,49 @@ def test_train_spec_needs_exactly_one_choice():
 def test_unknown_experiment_suggests_the_closest():
     with pytest.raises(ConfigError, match="did you mean 'quickstart'"):
         load_experiment("quikstart", directory=EXPERIMENTS)
+
+
+def test_experiments_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    """Packaged experiments from an empty folder; ./experiments adds files and a local file wins over a packaged one."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FRUITLAB_EXPERIMENTS", raising=False)
+    found = find_experiments()
+    assert found["quickstart"].origin == "packaged" and found["quickstart"].path == EXPERIMENTS / "quickstart.yaml"
+    assert load_experiment("quickstart").source == str(EXPERIMENTS / "quickstart.yaml")
+
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "quickstart.yaml").write_text("description: my own\nseed: 7\n")
+    (tmp_path / "experiments" / "mine.yaml").write_text("description: mine\n")
+    found = find_experiments()
+    assert found["quickstart"].origin == "./experiments"
+    assert found["quickstart"].shadows == EXPERIMENTS / "quickstart.yaml"
+    assert found["quickstart"].shown_origin() == "./experiments (overrides packaged)"
+    assert found["mine"].origin == "./experiments" and found["mine"].shadows is None
+    assert found["finetune_vgg16"].origin == "packaged"
+    assert load_experiment("quickstart").seed == 7  # the local file wins
+
+
+def test_a_local_file_that_overrides_a_packaged_one_is_said(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "quickstart.yaml").write_text("seed: 7\n")
+    with caplog.at_level("INFO", logger="fruitlab.config"):
+        load_experiment("quickstart")
+    assert "overrides the packaged one" in caplog.text and str(EXPERIMENTS / "quickstart.yaml") in caplog.text
+
+
+def test_an_unknown_name_lists_the_known_ones_and_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FRUITLAB_EXPERIMENTS", raising=False)
+    with pytest.raises(ConfigError) as err:
+        load_experiment("quikstart")
+    msg = str(err.value)
+    assert "did you mean 'quickstart'" in msg and "finetune_vgg16, multitask_lite0" in msg
+    assert str(tmp_path / "experiments") in msg and str(EXPERIMENTS) in msg and "fruitlab init" in msg
+    with pytest.raises(
+        ConfigError, match=r"experiment file experiments/quickstart.yaml does not exist .*-e quickstart"
+    ):
+        load_experiment("experiments/quickstart.yaml")
 
 
 def test_overrides_parse_yaml_values_and_reach_list_items():

@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from fruitlab.config import list_experiments, load_experiment
+from fruitlab.config import PACKAGED_EXPERIMENTS, list_experiments, load_experiment
 from fruitlab.training.fit import fit
-from tests.conftest import REPO
 from tests.data.helpers import write_cifar_batches
 
-EXPERIMENTS = sorted(list_experiments(REPO / "experiments"))
+EXPERIMENTS = sorted(list_experiments(PACKAGED_EXPERIMENTS))
 OFFLINE_WEIGHTS = {"efficientnet_lite0", "tf_efficientnet_lite0"}  # real pretrained weights without a download
 MIN_SIZE = {"inception_v3": 75}  # below this the architecture's own strides leave no feature map
 
@@ -39,7 +38,7 @@ def fruit_folder(tmp_path_factory, fruit_data_dir) -> Path:
 @pytest.mark.smoke
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_runs_a_real_training_step(name, tmp_path, monkeypatch, fruit_data_dir, fruit_folder):
-    exp = load_experiment(name, directory=REPO / "experiments")
+    exp = load_experiment(name, directory=PACKAGED_EXPERIMENTS)
     size = max(MIN_SIZE.get(exp.model.backbone.split(".")[0], 0), 32 if exp.data.dataset == "cifar10" else 64)
     overrides = [
         f"preprocess.input_size={size}",
@@ -59,7 +58,7 @@ def test_experiment_runs_a_real_training_step(name, tmp_path, monkeypatch, fruit
         overrides.append(f"data.root={tmp_path / 'cifar-10-batches-py'}")
     if exp.data.dataset == "image_folder":
         overrides.append(f"data.root={fruit_folder}")
-    exp = load_experiment(name, overrides, directory=REPO / "experiments")
+    exp = load_experiment(name, overrides, directory=PACKAGED_EXPERIMENTS)
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

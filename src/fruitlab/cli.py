@@ -29,9 +29,8 @@ app.add_typer(data_app, name="data")
 predictions_app = typer.Typer(help="The prediction log of `fruitlab serve`: export.", no_args_is_help=True)
 app.add_typer(predictions_app, name="predictions")
 
-ExperimentOpt = Annotated[
-    str, typer.Option("--experiment", "-e", help="experiment name (experiments/NAME.yaml) or path")
-]
+EXPERIMENT_HELP = "experiment name (`fruitlab experiments`: packaged or ./experiments/NAME.yaml) or a .yaml path"
+ExperimentOpt = Annotated[str, typer.Option("--experiment", "-e", help=EXPERIMENT_HELP)]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="override a key, e.g. --set data.batch_size=16 (repeatable)")
 ]
@@ -101,18 +100,21 @@ class _NoAdverts(logging.Filter):
 
 @app.command()
 def experiments() -> None:
-    """List the experiment files with their one-line descriptions."""
-    from fruitlab.config import describe_experiment, experiments_dir, list_experiments
+    """List the experiments by name: where each file comes from (packaged, ./experiments) and its description."""
+    from fruitlab.config import PACKAGED_EXPERIMENTS, describe_experiment, find_experiments, local_experiments_dir
 
-    found = list_experiments()
+    found = find_experiments()
     if not found:
-        raise FruitlabError(
-            f"no experiment files (*.yaml) in {experiments_dir().resolve()}; run from the repo root "
-            "or set FRUITLAB_EXPERIMENTS"
-        )
+        raise FruitlabError(f"no experiment files (*.yaml) in {local_experiments_dir()} or {PACKAGED_EXPERIMENTS}")
     width = max(len(n) for n in found)
-    for name, path in found.items():
-        typer.echo(f"{name:<{width}}  {describe_experiment(path)}")
+    origin_width = max(len(f.shown_origin()) for f in found.values())
+    for name, file in found.items():
+        typer.echo(f"{name:<{width}}  {file.shown_origin():<{origin_width}}  {describe_experiment(file.path)}")
+    typer.echo(
+        f"packaged: {PACKAGED_EXPERIMENTS}; local: {local_experiments_dir().absolute()} (a local file of the same "
+        "name wins); -e also takes a path",
+        err=True,
+    )
 
 
 @app.command()
@@ -142,9 +144,7 @@ def _check_names(exp: Any) -> None:
 
 @app.command()
 def fit(
-    experiment: Annotated[
-        str | None, typer.Option("--experiment", "-e", help="experiment name (experiments/NAME.yaml) or path")
-    ] = None,
+    experiment: Annotated[str | None, typer.Option("--experiment", "-e", help=EXPERIMENT_HELP)] = None,
     set_: SetOpt = None,
     resume: Annotated[
         str | None, typer.Option("--resume", help="continue an interrupted run by its MLflow run id")

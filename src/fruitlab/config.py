@@ -1,13 +1,16 @@
 """The experiment schema: the single source of every default.
 
-An experiment file (`experiments/<name>.yaml`) holds only what differs from these defaults. Unknown keys are
-errors, and every error names the file, the dotted key, the value received and what is allowed. This module
-imports neither torch nor any ML library, so listing and checking experiments answers in well under a second.
+An experiment file (`<name>.yaml`: shipped in fruitlab/experiments/, in ./experiments/, or at any path) holds only
+what differs from these defaults. Unknown keys are errors, and every error names the file, the dotted key, the value
+received and what is allowed. This module imports neither torch nor any ML library, so listing and checking
+experiments answers in well under a second.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +27,8 @@ from pydantic import (
 )
 
 from fruitlab.errors import ConfigError, did_you_mean
+
+log = logging.getLogger(__name__)
 
 
 class Strict(BaseModel):
@@ -438,14 +443,47 @@ class Experiment(Strict):
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def experiments_dir() -> Path:
-    """$FRUITLAB_EXPERIMENTS, else ./experiments (the repo's own experiment files)."""
+PACKAGED_EXPERIMENTS = Path(__file__).with_name("experiments")  # shipped with fruitlab (package data)
+PACKAGED = "packaged"
+PATH = "path"
+
+
+@dataclass(frozen=True)
+class ExperimentFile:
+    """One experiment file found by name: where it is and where it comes from."""
+
+    name: str  # the file's stem == `--experiment NAME`
+    path: Path
+    origin: str  # 'packaged', './experiments' (or the $FRUITLAB_EXPERIMENTS folder), or 'path' (given as a path)
+    shadows: Path | None = None  # the packaged file of the same name that this local one overrides
+
+    def shown_origin(self) -> str:
+        return f"{self.origin} (overrides packaged)" if self.shadows else self.origin
+
+
+def local_experiments_dir() -> Path:
+    """$FRUITLAB_EXPERIMENTS, else ./experiments of the current folder (a user's own experiment files)."""
     return Path(os.environ.get("FRUITLAB_EXPERIMENTS", "experiments"))
 
 
+def find_experiments(directory: Path | None = None) -> dict[str, ExperimentFile]:
+    """Every experiment by name: the packaged ones, then the local folder's; a local file wins over a packaged file
+    of the same name. `directory`: only the files in that folder."""
+    if directory is not None:
+        return {p.stem: ExperimentFile(p.stem, p, str(directory)) for p in sorted(directory.glob("*.yaml"))}
+    found = {p.stem: ExperimentFile(p.stem, p, PACKAGED) for p in sorted(PACKAGED_EXPERIMENTS.glob("*.yaml"))}
+    local = local_experiments_dir()
+    origin = f"./{local}" if "FRUITLAB_EXPERIMENTS" not in os.environ else str(local)
+    for path in sorted(local.glob("*.yaml")):
+        packaged = found.get(path.stem)
+        if packaged is not None and packaged.path.resolve() == path.resolve():
+            continue  # $FRUITLAB_EXPERIMENTS names the packaged folder itself
+        found[path.stem] = ExperimentFile(path.stem, path, origin, shadows=packaged.path if packaged else None)
+    return dict(sorted(found.items()))
+
+
 def list_experiments(directory: Path | None = None) -> dict[str, Path]:
-    directory = directory or experiments_dir()
-    return {p.stem: p for p in sorted(directory.glob("*.yaml"))}
+    return {name: found.path for name, found in find_experiments(directory).items()}
 
 
 def describe_experiment(path: Path) -> str:
@@ -461,22 +499,39 @@ def describe_experiment(path: Path) -> str:
     )
 
 
-def resolve_experiment_path(name_or_path: str, directory: Path | None = None) -> Path:
+def find_experiment(name_or_path: str, directory: Path | None = None) -> ExperimentFile:
+    """A path to a .yaml file, or a name looked up in ./experiments and the packaged experiments."""
+    known = find_experiments(directory)
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        return path
-    known = list_experiments(directory)
+    if path.suffix in (".yaml", ".yml") or "/" in name_or_path or os.sep in name_or_path:
+        if path.is_file():
+            return ExperimentFile(path.stem, path, PATH)
+        named = f"; did you mean the experiment -e {path.stem}?" if path.stem in known else ""
+        raise ConfigError(f"experiment file {name_or_path} does not exist ({path.absolute()}){named}")
     if name_or_path in known:
         return known[name_or_path]
-    where = directory or experiments_dir()
     hint = did_you_mean(name_or_path, known)
-    listing = ", ".join(known) or f"none: no *.yaml in {where}"
-    raise ConfigError(f"unknown experiment {name_or_path!r}{hint} (known: {listing})")
+    looked = (
+        str(directory)
+        if directory is not None
+        else f"{local_experiments_dir().absolute()} and the packaged experiments ({PACKAGED_EXPERIMENTS})"
+    )
+    raise ConfigError(
+        f"unknown experiment {name_or_path!r}{hint} (known: {', '.join(known) or 'none'}; looked in {looked}); "
+        "or give the path of a .yaml file, or write one for your images with `fruitlab init FOLDER`"
+    )
+
+
+def resolve_experiment_path(name_or_path: str, directory: Path | None = None) -> Path:
+    return find_experiment(name_or_path, directory).path
 
 
 def load_experiment(name_or_path: str, overrides: list[str] | None = None, directory: Path | None = None) -> Experiment:
     """Read, merge --set overrides into, and validate one experiment file."""
-    path = resolve_experiment_path(name_or_path, directory)
+    found = find_experiment(name_or_path, directory)
+    path = found.path
+    if found.shadows:
+        log.info("experiment %r: %s, which overrides the packaged one (%s)", found.name, path, found.shadows)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -20,6 +20,7 @@ import pytest
 import requests
 import yaml
 
+from fruitlab.config import PACKAGED_EXPERIMENTS
 from fruitlab.serving.log import Filters, PredictionLog
 from fruitlab.serving.settings import TOKEN_ENV, read_admin_token
 from tests.conftest import PG_SERVER, REPO, SMOKE_EXPERIMENT, fresh_pg_databases
@@ -48,7 +49,7 @@ def test_compose_names_the_stack_commands():
     train = services["train"]
     assert train["command"] == ["sh", "-c", stack.train_script(values["experiment"])]
     assert train["environment"]["MLFLOW_TRACKING_URI"] == values["tracking_uri"]
-    assert (REPO / "experiments" / f"{values['experiment']}.yaml").is_file()
+    assert (PACKAGED_EXPERIMENTS / f"{values['experiment']}.yaml").is_file()
 
     # the databases the URLs name exist: POSTGRES_DB for MLflow, the init script for the log
     pg = services["postgres"]["environment"]

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from tests.conftest import REPO
 from tests.test_cli import assert_clean_error, run
 
 
 def test_bad_sweep_input_fails_before_any_trial(tmp_path):
-    env = {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "FRUITLAB_EXPERIMENTS": str(REPO / "experiments"),
-    }
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}  # the packaged experiments, from tmp_path
 
     def sweep(*args: str):
         return run("sweep", *args, cwd=tmp_path, env=env)

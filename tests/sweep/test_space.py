@@ -5,12 +5,11 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from fruitlab.config import list_experiments, load_experiment, validate_experiment
+from fruitlab.config import PACKAGED_EXPERIMENTS, list_experiments, load_experiment, validate_experiment
 from fruitlab.errors import ConfigError, SweepError
 from fruitlab.sweep.samplers import PerTrialSeed, build_sampler
 from fruitlab.sweep.space import check_key, check_space, config_hash, suggest, trial_experiment
 from fruitlab.sweep.storage import default_storage, open_storage, redact
-from tests.conftest import REPO
 
 SPACE = {
     "finetune.phases.0.optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
@@ -31,8 +30,8 @@ def experiment(sweep: dict | None = None, **top) -> object:
 
 def test_every_shipped_sweep_section_is_valid():
     checked = 0
-    for name in list_experiments(REPO / "experiments"):
-        exp = load_experiment(name, directory=REPO / "experiments")
+    for name in list_experiments(PACKAGED_EXPERIMENTS):
+        exp = load_experiment(name, directory=PACKAGED_EXPERIMENTS)
         if exp.sweep is not None:
             check_space(exp)
             checked += 1
@@ -41,8 +40,8 @@ def test_every_shipped_sweep_section_is_valid():
 
 def test_a_resolved_experiment_validates_to_itself():
     """Trials apply their values to the resolved dump, so dump -> validate must be lossless for every file."""
-    for name in list_experiments(REPO / "experiments"):
-        exp = load_experiment(name, directory=REPO / "experiments")
+    for name in list_experiments(PACKAGED_EXPERIMENTS):
+        exp = load_experiment(name, directory=PACKAGED_EXPERIMENTS)
         assert validate_experiment(exp.model_dump(mode="json")).model_dump() == exp.model_dump(), name
 
 
