@@ -112,6 +112,23 @@ def test_an_unknown_name_lists_the_known_ones_and_where_it_looked(tmp_path, monk
         load_experiment("experiments/quickstart.yaml")
 
 
+def test_other_data_than_the_files_gets_its_own_mlflow_experiment(tmp_path):
+    """A user's folder given with --set never lands in the file's MLflow experiment (the fruit demo's 'quickstart')."""
+    folder = ["data.dataset=image_folder", f"data.root={tmp_path / 'my_photos'}"]
+    assert load_experiment("quickstart", directory=EXPERIMENTS).tracking.experiment is None  # the file's name
+    assert load_experiment("quickstart", folder, directory=EXPERIMENTS).tracking.experiment == "quickstart-my_photos"
+    cifar = load_experiment("quickstart", ["data.dataset=cifar10"], directory=EXPERIMENTS)
+    assert cifar.tracking.experiment == "quickstart-cifar10"
+    copy = load_experiment("quickstart", [f"data.root={tmp_path}"], directory=EXPERIMENTS)  # the same dataset
+    assert copy.tracking.experiment is None
+    chosen = load_experiment("quickstart", [*folder, "tracking.experiment=mine"], directory=EXPERIMENTS)
+    assert chosen.tracking.experiment == "mine"
+    folder_file = tmp_path / "folder.yaml"
+    folder_file.write_text(f"data: {{dataset: image_folder, root: {tmp_path / 'a'}}}\n")
+    assert load_experiment(str(folder_file)).tracking.experiment is None
+    assert load_experiment(str(folder_file), [f"data.root={tmp_path / 'b'}"]).tracking.experiment == "folder-b"
+
+
 def test_overrides_parse_yaml_values_and_reach_list_items():
     exp = load_experiment(
         "quickstart",

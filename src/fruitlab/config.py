@@ -336,7 +336,11 @@ class PerformanceConfig(Strict):
 
 class TrackingConfig(Strict):
     uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
-    experiment: str | None = Field(None, description="MLflow experiment; default: the experiment file's name")
+    experiment: str | None = Field(
+        None,
+        description="MLflow experiment; default: the experiment file's name, or '<name>-<data>' when --set gives "
+        "other data than the file's (data.dataset, data.root), so a user's folder never lands in the fruit demo's",
+    )
     run_name: str | None = None
     log_model: bool = True
     tags: dict[str, str] = Field(default_factory=dict)
@@ -538,9 +542,30 @@ def load_experiment(name_or_path: str, overrides: list[str] | None = None, direc
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(raw).__name__}")
+    file_data = _data_of(raw)  # before any --set
     for item in overrides or []:
         apply_override(raw, item)
-    return validate_experiment(raw, source=str(path), name=path.stem)
+    exp = validate_experiment(raw, source=str(path), name=path.stem)
+    if exp.tracking.experiment is None and _data_key(exp.data.dataset, exp.data.root) != file_data:
+        exp.tracking.experiment = f"{exp.name}-{_data_label(exp.data)}"
+    return exp
+
+
+def _data_of(raw: dict[str, Any]) -> tuple[Any, Any]:
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    return _data_key(data.get("dataset", DataConfig.model_fields["dataset"].default), data.get("root"))
+
+
+def _data_key(dataset: Any, root: Any) -> tuple[Any, Any]:
+    """Which data: a registered dataset is itself wherever its copy lies (data.root); a folder is its path."""
+    return dataset, root if dataset == "image_folder" else None
+
+
+def _data_label(data: DataConfig) -> str:
+    """A user's folder by its name, a registered dataset by its own: '<experiment>-<this>' keeps a fit on other data
+    than the file's (e.g. `-e quickstart --set data.dataset=image_folder --set data.root=~/photos`) out of the file's
+    MLflow experiment."""
+    return Path(data.root).expanduser().name if data.root and data.dataset == "image_folder" else data.dataset
 
 
 def validate_experiment(raw: dict[str, Any], source: str = "<memory>", name: str = "adhoc") -> Experiment:
