@@ -58,6 +58,37 @@ def test_fit_a_packaged_experiment_outside_the_repo(tmp_path, fruit_data_dir):
     assert "experiment 'quickstart'" in result.stderr and "best/val/class/acc" in result.stdout
 
 
+@pytest.mark.smoke
+def test_init_writes_a_file_that_check_accepts_and_fit_runs(tmp_path):
+    """`fruitlab init FOLDER` on real photos, then `check` and a (tiny) `fit` by the name it printed."""
+    from mlflow.tracking import MlflowClient
+    from skimage import data
+
+    rng = np.random.default_rng(0)
+    for cls, image in (("cat", data.chelsea()), ("coffee", data.coffee())):
+        (tmp_path / "photos" / cls).mkdir(parents=True)
+        for i in range(6):
+            y, x = rng.integers(0, 100, size=2)
+            Image.fromarray(image[y : y + 200, x : x + 200]).save(tmp_path / "photos" / cls / f"{i}.jpg")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "FRUITLAB_DATA_DIR": str(tmp_path / "cache")}
+    init = run("init", "photos", cwd=tmp_path, env=env)
+    assert init.returncode == 0, init.stderr
+    assert "wrote experiments/photos.yaml: 2 classes" in init.stdout and "fruitlab fit -e photos" in init.stdout
+    assert_clean_error(run("init", "photos", cwd=tmp_path, env=env), "experiments/photos.yaml exists", "--force")
+    check = run("check", "-e", "photos", cwd=tmp_path, env=env)
+    assert check.returncode == 0 and check.stdout.startswith("ok: photos"), check.stderr
+
+    tiny = ["model.backbone=test_efficientnet", "model.pretrained=false", "preprocess.input_size=64"]
+    tiny += ["finetune.phases.0.epochs=1", "finetune.phases.1.epochs=1", "data.num_workers=0"]
+    fit = run("fit", "-e", "photos", *[f"--set={item}" for item in tiny], cwd=tmp_path, env=env)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]
+    assert experiment.name == "photos"  # the folder's own MLflow experiment, not the fruit demo's
+    (finished,) = client.search_runs([experiment.experiment_id])
+    assert finished.info.status == "FINISHED" and "best/val/class/acc" in finished.data.metrics
+
+
 def test_unknown_experiment(tmp_path):
     assert_clean_error(
         run("fit", "-e", "quikstart", cwd=tmp_path),

@@ -118,6 +118,23 @@ def experiments() -> None:
 
 
 @app.command()
+def init(
+    folder: Annotated[Path, typer.Argument(help="your images: <class>/ folders, or train/<class>/ (+ val/, test/)")],
+    name: Annotated[
+        str | None, typer.Option("--name", "-n", help="experiment and MLflow experiment name (default: the folder's)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="the file to write (default: ./experiments/NAME.yaml)")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
+) -> None:
+    """Write an experiment file for your image folder: classes counted, the quickstart's recipe, a split that fits."""
+    from fruitlab.data.starter import write_starter
+
+    typer.echo(write_starter(folder, name=name, out=out, force=force).summary())
+
+
+@app.command()
 def check(experiment: ExperimentOpt, set_: SetOpt = None) -> None:
     """Validate an experiment file and its names (dataset, backbone) without training."""
     from fruitlab.config import load_experiment
