@@ -35,6 +35,15 @@ def test_help_and_listing():
     assert "quickstart" in listing.stdout and "finetune_vgg16" in listing.stdout
 
 
+def test_data_dir_help_names_the_real_default(monkeypatch):
+    from fruitlab.data.fetch import DATA_DIR_ENV, resolve_data_dir
+
+    monkeypatch.delenv(DATA_DIR_ENV, raising=False)
+    real = "~/" + resolve_data_dir(None).relative_to(Path.home()).as_posix()
+    help_text = " ".join(run("fit", "--help", env={"COLUMNS": "250"}).stdout.split())
+    assert f"(default: ${DATA_DIR_ENV}, else {real})" in help_text, help_text
+
+
 def test_the_packaged_experiments_are_listed_from_any_folder(tmp_path):
     listing = run("experiments", cwd=tmp_path)
     assert listing.returncode == 0, listing.stderr

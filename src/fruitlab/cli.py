@@ -40,7 +40,9 @@ UriOpt = Annotated[
 ]
 DataDirOpt = Annotated[
     str | None,
-    typer.Option("--data-dir", help="where datasets are cached (default: $FRUITLAB_DATA_DIR or ~/.cache/fruitlab)"),
+    typer.Option(
+        "--data-dir", help="where datasets are cached (default: $FRUITLAB_DATA_DIR, else ~/.cache/fruitlab/datasets)"
+    ),
 ]
 ThresholdOpt = Annotated[
     float | None,
