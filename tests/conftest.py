@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,6 +89,12 @@ finetune:
     - {name: top, epochs: 1, train: {last_stages: 2}, optimizer: {name: sgd, lr: 1.0e-2, backbone_lr: 1.0e-3}}
 trainer: {enable_progress_bar: false}
 """
+
+
+# The same on a user's folder (`data.root` set by the test): image_folder has no dli split.
+FOLDER_SMOKE_EXPERIMENT = re.sub(r"\n  split: dli[^\n]*", "", SMOKE_EXPERIMENT).replace(
+    "dataset: fruits_fresh_rotten", "dataset: image_folder"
+)
 
 
 def sigint_default() -> None:
