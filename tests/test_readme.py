@@ -42,7 +42,7 @@ def test_the_tiny_quickstart_run_finishes_as_the_readme_writes_it(tmp_path, frui
     args = shlex.split(command)[1:]
     assert args[:3] == ["fit", "-e", "quickstart"] and "data.max_per_class=20" in args
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "FRUITLAB_DATA_DIR": str(fruit_data_dir)}
-    # 14-24 s of CPU time, but minutes of wall time for a niced test on a busy 2-core machine
-    result = run(*args, cwd=tmp_path, env={**env, "FRUITLAB_CACHE_DIR": str(tmp_path / "cache")}, timeout=900)
+    # 16 s of CPU time warm; the grouped copy search on the fresh data folder and a busy machine: many minutes
+    result = run(*args, cwd=tmp_path, env={**env, "FRUITLAB_CACHE_DIR": str(tmp_path / "cache")}, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "best/val/class/acc" in result.stdout and "experiment 'quickstart'" in result.stderr

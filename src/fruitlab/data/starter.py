@@ -21,8 +21,8 @@ from fruitlab.data.folders import image_folder_layout, list_class_folders
 from fruitlab.data.registry import DatasetSplits, load_dataset
 from fruitlab.errors import ConfigError
 
-RECIPE = "quickstart"  # the packaged experiment whose model and fine-tuning phases a new file starts from
-RECIPE_KEYS = ("model", "finetune")
+RECIPE = "quickstart"  # the packaged experiment whose recipe (all but its data, sweep and tracking) a file starts from
+NOT_RECIPE = ("description", "seed", "data", "sweep", "tracking")
 LARGE_ON_CPU = 10_000  # images: above this, the header suggests a capped first run on a CPU
 SMALL_CLASS = 50  # images: below this in the smallest class, hold out 30% for val instead of 20%
 
@@ -90,9 +90,9 @@ def _class_counts(splits: DatasetSplits, split: str | None = None) -> dict[str, 
 
 
 def _recipe() -> dict[str, Any]:
-    """The quickstart's model, phases and flips (its sweep and fruit data stay behind)."""
+    """The quickstart's model, loss, phases, cache settings and augmentation (its fruit data and sweep stay behind)."""
     raw = yaml.safe_load((PACKAGED_EXPERIMENTS / f"{RECIPE}.yaml").read_text())
-    return {"augment": raw["data"]["augment"], **{key: raw[key] for key in RECIPE_KEYS}}
+    return {"augment": raw["data"].get("augment", {}), **{k: v for k, v in raw.items() if k not in NOT_RECIPE}}
 
 
 def _batch_size() -> int:
@@ -109,8 +109,10 @@ def _header(root: Path, splits: DatasetSplits, val: str, batch: int) -> str:
     lines = [
         f"# Written by `fruitlab init {root}`: the quickstart's recipe (EfficientNet-Lite0, offline ImageNet",
         "# weights; a linear head on the frozen backbone, then its last stage) on your folder. Edit freely;",
-        "# `fruitlab check -e FILE` validates it, `--set key=value` overrides a key for one run. Images are flipped",
-        "# left-right in training (data.augment.hflip): remove it where a mirror image is another class.",
+        "# `fruitlab check -e FILE` validates it, `--set key=value` overrides a key for one run. Training images are",
+        "# augmented as the quickstart's (data.augment): remove what changes a class in your images (vflip for upright",
+        "# scenes, hflip for text). Near-copies of one photo in train and val inflate val: data.split: grouped keeps",
+        "# them on one side (a one-off search of every image for copies, then cached).",
         f"# {len(counts)} classes, {sum(counts.values())} readable images; val: {val}.",
         f"# images per class ({' / '.join(per_split)}):",
         *(f"#   {cls:<{width}}  {' / '.join(str(per_split[s][cls]) for s in per_split)}" for cls in counts),
