@@ -58,7 +58,7 @@ def test_the_packaged_experiments_are_listed_from_any_folder(tmp_path):
 @pytest.mark.smoke
 def test_fit_a_packaged_experiment_outside_the_repo(tmp_path, fruit_data_dir):
     """`fruitlab fit -e quickstart` in an empty folder: the packaged file, sized down to a tiny model."""
-    tiny = ["model.backbone=test_efficientnet", "model.pretrained=false", "data.max_per_class=4"]
+    tiny = ["model.backbone=test_efficientnet", "model.pretrained=false", "data.max_per_class=4", "data.split=dli"]
     tiny += ["preprocess.input_size=64", "finetune.phases.0.epochs=1", "finetune.phases.1.epochs=1"]
     tiny += ["data.num_workers=0", "trainer.enable_progress_bar=false"]
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "FRUITLAB_DATA_DIR": str(fruit_data_dir)}
