@@ -115,15 +115,23 @@ class DatasetSource:
     splits: tuple[str, ...]
     default_split: str
     description: str
+    leaks: dict[str, str] = field(default_factory=dict)  # scheme -> its measured leak (copies across splits)
 
 
 _SOURCES: dict[str, DatasetSource] = {}
 
 
 def register_dataset(
-    name: str, splits: tuple[str, ...] = ("default",), default_split: str | None = None, description: str = ""
+    name: str,
+    splits: tuple[str, ...] = ("default",),
+    default_split: str | None = None,
+    description: str = "",
+    leaks: dict[str, str] | None = None,
 ) -> Callable[[Loader], Loader]:
-    """Decorator: register `fn(request) -> RawData` as the dataset `name` with its split schemes."""
+    """Decorator: register `fn(request) -> RawData` as the dataset `name` with its split schemes.
+
+    `leaks`: split scheme -> its measured leak, for schemes known to put copies of one photo on both sides (fit tags
+    its runs on them as leaky, data/leaks.py)."""
     default = default_split or splits[0]
     if default not in splits:
         raise ValueError(f"dataset {name!r}: default_split {default!r} is not one of {splits}")
@@ -132,7 +140,7 @@ def register_dataset(
         old = _SOURCES.get(name)
         if old is not None and (old.loader.__module__, old.loader.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"dataset {name!r} is already registered by {old.loader.__module__}")
-        _SOURCES[name] = DatasetSource(name, fn, tuple(splits), default, description)
+        _SOURCES[name] = DatasetSource(name, fn, tuple(splits), default, description, dict(leaks or {}))
         return fn
 
     return decorate
