@@ -341,6 +341,14 @@ def evaluate(
         str | None,
         typer.Option("--corruption-severities", help="severities 1 (mild) to 5 (severe), e.g. 1,3,5 (the default)"),
     ] = None,
+    corruption_images: Annotated[
+        int | None,
+        typer.Option(
+            "--corruption-images",
+            min=1,
+            help="with --corruptions: a seeded, class-stratified sample of this many images (default: all)",
+        ),
+    ] = None,
     shift: Annotated[
         bool,
         typer.Option(
@@ -370,8 +378,8 @@ def evaluate(
     check_data(data)
     names = parse_corruptions(corruption_names) if corruptions else None
     levels = parse_severities(severities)
-    if (severities is not None or corruption_names is not None) and not corruptions:
-        raise FruitlabError("--corruption-names and --corruption-severities go with --corruptions")
+    if (severities, corruption_names, corruption_images) != (None, None, None) and not corruptions:
+        raise FruitlabError("--corruption-names, --corruption-severities and --corruption-images go with --corruptions")
     from fruitlab.inference.evaluate import evaluate as run_evaluate
 
     result = run_evaluate(
@@ -388,6 +396,7 @@ def evaluate(
         trust_pickle=trust_pickle,
         corruptions=names,
         severities=levels,
+        corruption_sample=corruption_images,
         shift=shift,
         copy_check=copy_check,
     )

@@ -74,6 +74,19 @@ def test_bad_corruption_options_are_one_line_errors():
             parse_severities(bad)
 
 
+def test_the_corruption_sample_keeps_class_shares_and_ignores_order():
+    from fruitlab.inference.evaldata import EvalData
+    from fruitlab.inference.robustness import stratified_sample
+
+    paths = [f"{c}/{i}.jpg" for c in ("a", "b") for i in range(30 if c == "a" else 10)]
+    labels = np.array([0] * 30 + [1] * 10)
+    data = EvalData("d", "val", paths, paths, {"class": labels}, "fp", "")
+    keep = stratified_sample(data, 8)
+    assert list(labels[keep]).count(0) == 6 and list(labels[keep]).count(1) == 2
+    reverse = EvalData("d", "val", paths[::-1], paths[::-1], {"class": labels[::-1]}, "fp", "")
+    assert sorted(paths[i] for i in keep) == sorted(paths[::-1][i] for i in stratified_sample(reverse, 8))
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 def _folder(root: Path, layout: dict[str, list[str]], photos: dict[str, np.ndarray]) -> None:
     for cls, names in layout.items():
@@ -190,11 +203,13 @@ def test_shifted_figures_sit_beside_the_in_distribution_ones(store, evaluated):
 def test_the_cli_runs_it_and_explains_bad_options(store):
     env = {"MLFLOW_TRACKING_URI": store.uri, "FRUITLAB_DATA_DIR": str(store.data_dir)}
     args = ["evaluate", "--model", store.model, "--data", str(store.other), "--out", str(store.work / "cli")]
-    result = run(*args, "--corruptions", "--corruption-severities", "2", cwd=store.work, env=env)  # all of them
+    sample = ["--corruption-severities", "2", "--corruption-images", "4"]
+    result = run(*args, "--corruptions", *sample, cwd=store.work, env=env)  # all of them, on 4 of the 6 images
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"WARNING: {TRAIN_COPIES} of 6 evaluation images are near-copies" in result.stderr
     assert "corruption jpeg" in result.stderr and "corruption contrast" in result.stderr
     assert "mean corruption accuracy" in result.stdout
+    assert "on 4 of the images" in Path(re.search(r"report (\S+)", result.stdout).group(1)).read_text()
     bad = run(*args, "--corruptions", "--corruption-names", "jpeg,gausian_blur", cwd=store.work, env=env)
     assert_clean_error(bad, "did you mean 'gaussian_blur'")
     own = ["evaluate", "--model", store.model, "--data", str(store.own), "--shift"]

@@ -175,7 +175,8 @@ def _robustness(report: dict[str, Any]) -> str:
     mean = f"<tr><td>mean</td><td colspan='{span}'></td>{_num('corrupt/mean/acc', result['mean']['acc'])}</tr>"
     what = "joint accuracy (every task right)" if len(result["mean"]["tasks"]) > 1 else "top-1 accuracy"
     note = (
-        f"The {what} on the same images, each corrupted after decoding and before the model's preprocessing, "
+        f"The {what} on {result['n']} of the images, each corrupted after decoding and before the model's "
+        "preprocessing, "
         "in the spirit of ImageNet-C (Hendrycks &amp; Dietterich 2019). Seeded by image, corruption and severity: "
         "the same pixels on every run. No TTA, no threshold."
     )

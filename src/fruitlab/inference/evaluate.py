@@ -101,11 +101,13 @@ def evaluate(
     trust_pickle: bool = False,
     corruptions: list[str] | None = None,
     severities: list[int] | None = None,
+    corruption_sample: int | None = None,
     shift: bool = False,
     copy_check: bool = True,
 ) -> EvaluationResult:
-    """`corruptions`: score under these (evaluation/corruptions.py) at `severities`; `shift`: `data` is shifted data,
-    reported beside the model's own val split; `copy_check`: count the images that copy a training image."""
+    """`corruptions`: score under these (evaluation/corruptions.py) at `severities` (on a sample of
+    `corruption_sample` images); `shift`: `data` is shifted data, reported beside the model's own val split;
+    `copy_check`: count the images that copy a training image."""
     lap = _Laps()
     # 1. Cheap input checks: a typo fails before the model or any image is loaded.
     check_threshold(threshold)
@@ -141,8 +143,9 @@ def evaluate(
         _shift(predictor, target, report["evaluation"], exp, data_dir, batch_size, tta, temperature) if shift else None
     )
     lap("copies + shift")
+    levels = severities or list(DEFAULT_SEVERITIES)
     report["robustness"] = (
-        score_corruptions(predictor, target, scores, corruptions, severities or list(DEFAULT_SEVERITIES), batch_size)
+        score_corruptions(predictor, target, scores, corruptions, levels, batch_size, corruption_sample)
         if corruptions
         else None
     )

@@ -7,6 +7,8 @@ with like. A multi-task model's headline figure is its joint accuracy (every tas
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import time
 from typing import Any
@@ -29,11 +31,17 @@ def score_corruptions(
     names: list[str],
     severities: list[int],
     batch_size: int = 32,
+    sample: int | None = None,
 ) -> dict[str, Any]:
-    """{'clean', 'table': {name: {severity | MEAN: accuracies}}, MEAN: accuracies, 'severities', 'parameters'}.
+    """{'clean', 'table': {name: {severity | MEAN: accuracies}}, MEAN: accuracies, 'severities', 'parameters', 'n'}.
 
-    Accuracies are {'acc': headline, 'tasks': {task: acc}}; `clean` is the figure without any corruption.
+    Accuracies are {'acc': headline, 'tasks': {task: acc}}; `clean` is the figure without any corruption, on the
+    same images. `sample`: score a seeded, class-stratified sample of that many images instead of all (each pass
+    costs a full forward pass over the images: about 90 s for 736 images with EfficientNet-Lite0 on 2 CPU cores).
     """
+    if sample is not None and sample < len(data):
+        keep = stratified_sample(data, sample)
+        data, clean = subset(data, keep), Scores({t: z[keep] for t, z in clean.logits.items()})
     table: dict[str, dict[Any, dict[str, Any]]] = {}
     for name in names:
         started = time.perf_counter()
@@ -53,6 +61,7 @@ def score_corruptions(
         "table": table,
         MEAN: _mean(every),
         "severities": severities,
+        "n": len(data),
         "parameters": {
             n: {"meaning": CORRUPTIONS[n].meaning, "levels": [CORRUPTIONS[n].levels[s - 1] for s in severities]}
             for n in names
@@ -78,6 +87,28 @@ def corruption_metrics(result: dict[str, Any]) -> dict[str, float]:
         if multitask:
             out.update({corruption_key(name, severity, t): a for t, a in r["tasks"].items()})
     return out
+
+
+def stratified_sample(data: EvalData, n: int) -> np.ndarray:
+    """Indices of about `n` images, each class (of the first task) in its share; chosen by a hash of the image's
+    name, so the same images whatever their order."""
+    labels = next(iter(data.targets.values()))
+    rank = np.argsort([hashlib.sha256(p.encode()).hexdigest() for p in data.paths], kind="stable")
+    keep = []
+    for label in np.unique(labels):
+        members = rank[labels[rank] == label]
+        keep.extend(members[: max(1, round(n * len(members) / len(data)))])
+    return np.sort(np.array(keep, dtype=np.int64))
+
+
+def subset(data: EvalData, keep: np.ndarray) -> EvalData:
+    return dataclasses.replace(
+        data,
+        items=[data.items[i] for i in keep],
+        paths=[data.paths[i] for i in keep],
+        targets={t: y[keep] for t, y in data.targets.items()},
+        fingerprint=f"{data.fingerprint}-sample{len(keep)}",
+    )
 
 
 def _mean(results: list[dict[str, Any]]) -> dict[str, Any]:
