@@ -73,20 +73,22 @@ def find_train_copies(
         )
     items = train.splits["train"].items
     log.info("looking for copies of the %d training images among the %d evaluated ones", len(items), n)
-    found = _copies(items, train.root, target, resolve_data_dir(data_dir))
+    found = _copies(items, train.root, target, resolve_data_dir(data_dir), exp.seed)
     examples = [(target.paths[q], _name(items[r], train.root)) for q, r in sorted(found.items())[:SHOWN]]
     where = f"{train.name} ({train.scheme}), train split of {len(items)} images, fingerprint {train.fingerprint}"
     note = f"Checked against the model's training images ({where}) with fruitlab data check's copy detector."
     return TrainCopies(n, len(found), note, examples)
 
 
-def _copies(train: list[Any], train_root: str, target: EvalData, data_dir: Any) -> dict[int, int]:
-    """{evaluated index: a training index it copies}: near-duplicates, then identical bytes."""
+def _copies(train: list[Any], train_root: str, target: EvalData, data_dir: Any, seed: int) -> dict[int, int]:
+    """{evaluated index: a training index it copies}: near-duplicates, then identical bytes.
+
+    `seed`: the search's (FLANN's trees); the run's, as `fruitlab data check` of that split uses it."""
     features = load_features(train, cache=dup_cache_path(train_root, data_dir))
     features += load_features(target.items, cache=dup_cache_path(target.root or train_root, data_dir))
     queries = range(len(train), len(features))
     found = {}
-    for match in find_near_duplicates(features, queries, range(len(train))):
+    for match in find_near_duplicates(features, queries, range(len(train)), seed=seed):
         found.setdefault(match.b - len(train), match.a)
     train_digests, _ = content_digests(train_root, train, data_dir)
     first = {d: i for i, d in reversed(list(enumerate(train_digests))) if d}
