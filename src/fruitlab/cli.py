@@ -325,19 +325,61 @@ def evaluate(
     out: Annotated[Path | None, typer.Option("--out", help="folder for the HTML report (default: ./reports)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 32,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    corruptions: Annotated[
+        bool,
+        typer.Option("--corruptions", help="also score the images under common corruptions (noise, blur, JPEG, ...)"),
+    ] = False,
+    corruption_names: Annotated[
+        str | None,
+        typer.Option(
+            "--corruption-names",
+            help="with --corruptions: some of gaussian_noise, gaussian_blur, jpeg, brightness, contrast, "
+            "colour_shift, rotation, crop (comma-separated; default all)",
+        ),
+    ] = None,
+    severities: Annotated[
+        str | None,
+        typer.Option("--corruption-severities", help="severities 1 (mild) to 5 (severe), e.g. 1,3,5 (the default)"),
+    ] = None,
+    corruption_images: Annotated[
+        int | None,
+        typer.Option(
+            "--corruption-images",
+            min=1,
+            help="with --corruptions: a seeded, class-stratified sample of this many images (default: all)",
+        ),
+    ] = None,
+    shift: Annotated[
+        bool,
+        typer.Option(
+            "--shift", help="--data is other photos of the same classes: report them beside the model's own val split"
+        ),
+    ] = False,
+    copy_check: Annotated[
+        bool,
+        typer.Option(
+            "--copy-check/--no-copy-check", help="count the images that are copies of the model's training images"
+        ),
+    ] = True,
     trust_pickle: TrustPickleOpt = False,
     tracking_uri: UriOpt = None,
     data_dir: DataDirOpt = None,
     mirror: MirrorOpt = None,
 ) -> None:
-    """Evaluate a model on a split: metrics, calibration, thresholds, images, Grad-CAM; an MLflow run + HTML."""
+    """Evaluate a model on a split: metrics, calibration, thresholds, images, Grad-CAM, training copies, optionally
+    robustness to corruptions and distribution shift; an MLflow run + HTML."""
     _env(tracking_uri, mirror)
     from fruitlab.evaluation.confidence import check_threshold
+    from fruitlab.evaluation.corruptions import parse_corruptions, parse_severities
     from fruitlab.inference.evaldata import check_data, check_split
 
     check_threshold(threshold)  # cheap checks before the heavy imports
     check_split(split)
     check_data(data)
+    names = parse_corruptions(corruption_names) if corruptions else None
+    levels = parse_severities(severities)
+    if (severities, corruption_names, corruption_images) != (None, None, None) and not corruptions:
+        raise FruitlabError("--corruption-names, --corruption-severities and --corruption-images go with --corruptions")
     from fruitlab.inference.evaluate import evaluate as run_evaluate
 
     result = run_evaluate(
@@ -352,6 +394,11 @@ def evaluate(
         device=device,
         batch_size=batch_size,
         trust_pickle=trust_pickle,
+        corruptions=names,
+        severities=levels,
+        corruption_sample=corruption_images,
+        shift=shift,
+        copy_check=copy_check,
     )
     typer.echo(f"{result.summary()}  ({result.seconds:.0f} s)")
 

@@ -39,6 +39,13 @@ def test_fit_logs_run_metrics_artifacts_and_model(smoke_run):
     tags = run.data.tags
     assert tags["fruitlab.backbone"] == "test_efficientnet" and tags["fruitlab.dataset_fingerprint"]
     assert tags["mlflow.source.git.commit"]
+    # which figures can be trusted: the split scheme and its leak status (data/leaks.py; no data check run here)
+    scheme = tags["fruitlab.split"]
+    if scheme == "grouped":
+        assert (tags["fruitlab.split.leak_free"], tags["fruitlab.split.copies_across"]) == ("true", "0")
+    else:  # dli or folder: documented as leaky
+        assert tags["fruitlab.split.leak_free"] == "false", tags
+        assert f"documented leak of split '{scheme}'" in tags["fruitlab.split.leak_source"]
     # per-epoch curves, two epochs (one per phase), and the phase marker moving from 0 to 1
     assert len(client.get_metric_history(result.run_id, "val/loss")) == 2
     assert [m.value for m in client.get_metric_history(result.run_id, "phase")] == [0.0, 1.0]

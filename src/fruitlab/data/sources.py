@@ -32,6 +32,10 @@ FRUITS_FOLDER = "fruits-fresh-rotten"  # the archive's top folder
         "train; folder: the archive's train/ and test/ (test/ serves as val and test) - it LEAKS: 81% of test "
         "images are augmented copies of train photos"
     ),
+    leaks={  # fruitlab data check, benchmarks/data_check.md
+        "dli": "on the full dataset, 207 of 736 val images have a copy in train",
+        "folder": "on the full dataset, 573 of 672 test images (also the val split) have a copy in train",
+    },
 )
 def fruits_fresh_rotten(req: SourceRequest) -> RawData:
     root = _fruits_root(req)

@@ -19,6 +19,8 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from fruitlab.config import Experiment
 from fruitlab.data.balance import class_weights
+from fruitlab.data.fetch import resolve_data_dir
+from fruitlab.data.leaks import leak_status
 from fruitlab.data.registry import load_dataset
 from fruitlab.errors import TrackingError
 from fruitlab.inference.model_format import log_classifier
@@ -87,7 +89,7 @@ def _fit(
 
     # 4. Tracking: one run per fit (the same run again on --resume).
     uri = runs.tracking_uri(exp.tracking.uri)
-    run_tags = {**_run_tags(exp, splits, weights), **(extra_tags or {})}
+    run_tags = {**_run_tags(exp, splits, weights), **_split_tags(splits, data_dir), **(extra_tags or {})}
     run_id = _open_run(exp, uri, run_tags, resume_run_id)
     if rank_zero_only.rank == 0:
         log.info("MLflow run %s, experiment %r, tracking %s", run_id, exp.tracking.experiment or exp.name, uri)
@@ -151,6 +153,17 @@ def _run_tags(exp: Experiment, splits: Any, weights: str) -> dict[str, str]:
         tags.CLASSES: ",".join(splits.classes),
         tags.TASKS: ",".join(splits.tasks),
     }
+
+
+def _split_tags(splits: Any, data_dir: str | None) -> dict[str, str]:
+    """The split scheme and whether its val/test figures can be trusted (data/leaks.py: from what is known)."""
+    status = leak_status(splits, resolve_data_dir(data_dir))
+    if status.leak_free is False and rank_zero_only.rank == 0:
+        log.warning("warning: split %r leaks (%s): its val figures are inflated", splits.scheme, status.source)
+    out = {tags.SPLIT: splits.scheme, tags.SPLIT_LEAK_FREE: status.label, tags.SPLIT_LEAK_SOURCE: status.source}
+    if status.copies_across is not None:
+        out[tags.SPLIT_COPIES_ACROSS] = str(status.copies_across)
+    return out
 
 
 def _trainer(
