@@ -457,13 +457,13 @@ def ui(
     tracking_uri: UriOpt = None,
 ) -> None:
     """Open the MLflow UI on the same store fruitlab fit logs to."""
-    from fruitlab.tracking.runs import ARTIFACT_DIR
+    from fruitlab.tracking.runs import ARTIFACT_DIR, ui_url
     from fruitlab.tracking.runs import tracking_uri as resolve
 
     uri = resolve(tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     cmd += ["--default-artifact-root", Path(ARTIFACT_DIR).resolve().as_uri()]
-    typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl+C to stop)")
+    typer.echo(f"MLflow UI for {uri}: open {ui_url(f'http://{host}:{port}')}  (Ctrl+C to stop)")
     os.execv(sys.executable, cmd)
 
 

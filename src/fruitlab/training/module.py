@@ -169,6 +169,7 @@ class ClassifierModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         # Phase markers and learning rates, one point per epoch.
+        self._log_epoch_as_step()
         self.log("phase", float(self.plan.index), on_step=False, on_epoch=True)
         optimizer = self.optimizers(use_pl_optimizer=False)
         for group in optimizer.param_groups:
@@ -177,3 +178,13 @@ class ClassifierModule(L.LightningModule):
         if self.multitask:  # the weight each task's loss gets this epoch (fixed, or learned)
             for task, weight in self.loss_fn.weights().items():
                 self.log(f"loss_weight/{task}", weight, on_step=False, on_epoch=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._log_epoch_as_step()
+
+    def _log_epoch_as_step(self) -> None:
+        """Per-epoch curves are logged at step = epochs trained (1 after the first epoch), so MLflow plots them
+        against epochs, numbered as `fruitlab compare` and the run's learning_curves.png number them. Lightning
+        takes a logged `step` as the step of everything logged with it; a per-step metric (on_step=True) would
+        keep the global step, since `step` is logged per epoch only."""
+        self.log("step", float(self.current_epoch + 1), on_step=False, on_epoch=True)
