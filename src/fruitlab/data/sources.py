@@ -29,7 +29,8 @@ FRUITS_FOLDER = "fruits-fresh-rotten"  # the archive's top folder
         "dli: the NVIDIA assessment's split by source-photo name, 2,659 train / 736 val (no shared names, but "
         "`fruitlab data check` finds 207 val photos with a renamed copy in train; split: grouped has none); "
         "folder: the archive's train/ and test/ (test/ serves as val and test) - it LEAKS: 81% of test images "
-        "are augmented copies of train photos"
+        "are augmented copies of train photos. Every file is named .png but holds a JPEG: fruitlab decodes by "
+        "content, other tools may not"
     ),
 )
 def fruits_fresh_rotten(req: SourceRequest) -> RawData:

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from fruitlab.evaluation.metrics import evaluate_probabilities, headline
-from fruitlab.evaluation.report import confusion_figure, format_evaluation, predict_batches
+from fruitlab.evaluation.report import confusion_figure, predict_batches
 from fruitlab.names import JOINT, metric_key
 from fruitlab.tracking import runs
 
@@ -87,7 +87,6 @@ def _evaluate_and_log(
     if evaluation["joint_acc"] is not None:
         metrics[metric_key(stage(split), JOINT, "acc")] = evaluation["joint_acc"]
     runs.log_json(client, run_id, evaluation, f"evaluation/{split}_report.json")
-    print(format_evaluation(evaluation, split))
     return evaluation, metrics
 
 

@@ -202,6 +202,9 @@ def _trainer(
         # Each epoch asks the data module for its loaders: a phase served from the feature cache gets cached
         # tensors, the others images (the image loaders are kept, so persistent workers stay up).
         reload_dataloaders_every_n_epochs=1 if exp.performance.feature_cache != "off" else 0,
+        # Lightning's layer table (with a FLOPs column of zeros: it has no example input); each phase says how
+        # many parameters train instead (ClassifierModule.announce_phase).
+        enable_model_summary=False,
         **_trainer_kwargs(exp),
     )
 

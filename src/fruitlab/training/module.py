@@ -109,12 +109,15 @@ class ClassifierModule(L.LightningModule):
         return self
 
     def announce_phase(self, counts: dict[str, int], resumed: bool = False) -> None:
+        trainable = counts["backbone_trainable"] + counts["head"]
         log.info(
-            "%sphase %d/%d %r: training %s of %s backbone parameters + %s head parameters",
+            "%sphase %d/%d %r: %s of %s parameters train (backbone %s of %s, head %s)",
             "resumed from the checkpoint in " if resumed else "",
             self.plan.index + 1,
             len(self.plan.phases),
             self.plan.label(),
+            f"{trainable:,}",
+            f"{counts['backbone_total'] + counts['head']:,}",
             f"{counts['backbone_trainable']:,}",
             f"{counts['backbone_total']:,}",
             f"{counts['head']:,}",
