@@ -98,7 +98,7 @@ class Comparison:
             values = [r.metrics.get(key) for r in self.runs]
             rows.append(Row("metrics", key, [_number(v) for v in values], _best(values, maximize(key))))
         for key in self.param_keys():
-            rows.append(Row("params", short_key(key), [r.params.get(key, "-") for r in self.runs]))
+            rows.append(Row("params", short_key(key), [param_text(r.params.get(key, "-")) for r in self.runs]))
         return rows
 
     def param_keys(self) -> list[str]:
@@ -219,7 +219,19 @@ def _best(values: list[float | None], high: bool) -> int | None:
 
 
 def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    """A metric to 4 significant digits, trailing zeros kept so a column lines up: 0.9000, 0.2292, 12.35."""
+    return "-" if value is None else f"{value:#.4g}"
+
+
+def param_text(value: str) -> str:
+    """A param as MLflow stores it (a string), a float cut to 4 significant digits where it has more
+    (0.0003162277660168379 -> 0.0003162); anything else as it is."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    short = f"{number:.4g}"
+    return value if float(short) == number else short
 
 
 def _time(ms: int | None) -> str:
