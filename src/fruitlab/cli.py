@@ -85,18 +85,37 @@ def _root(
     # would print every Lightning line twice).
     logger = logging.getLogger("fruitlab")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrNow()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # Lightning advertises its cloud logger on every fit; fruitlab logs to MLflow, so the tip is noise.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_LightningNoise())
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
 
 
-class _NoAdverts(logging.Filter):
+class _StderrNow(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each message: while Lightning's Rich progress bar is live, that is Rich's
+    proxy, which prints the line above the bar (a handler holding the original stderr writes into the bar line)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ sets it; the property answers instead
+        pass
+
+
+class _LightningNoise(logging.Filter):
+    """Lightning's lines a fruitlab user has no use for: its cloud-logger advert (fruitlab logs to MLflow), the
+    accelerators that are absent (a GPU that is there and used is still said), and the planned end of a fit."""
+
+    NOISE = ("litlogger", "available: False", "`Trainer.fit` stopped: `max_epochs=")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in str(record.msg)
+        message = str(record.msg)
+        return not any(noise in message for noise in self.NOISE)
 
 
 @app.command()
@@ -167,6 +186,10 @@ def fit(
     from fruitlab.training.fit import fit as run_fit
 
     result = run_fit(exp, resume_run_id=resume, data_dir=data_dir)
+    from fruitlab.evaluation.report import format_evaluation
+
+    for split, evaluation in result.reports.items():
+        typer.echo(format_evaluation(evaluation, split))
     if result.metrics:
         summary = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         typer.echo(f"run {result.run_id}  {summary}  ({result.seconds:.0f} s)")
@@ -504,13 +527,13 @@ def ui(
     tracking_uri: UriOpt = None,
 ) -> None:
     """Open the MLflow UI on the same store fruitlab fit logs to."""
-    from fruitlab.tracking.runs import ARTIFACT_DIR
+    from fruitlab.tracking.runs import ARTIFACT_DIR, ui_url
     from fruitlab.tracking.runs import tracking_uri as resolve
 
     uri = resolve(tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     cmd += ["--default-artifact-root", Path(ARTIFACT_DIR).resolve().as_uri()]
-    typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl+C to stop)")
+    typer.echo(f"MLflow UI for {uri}: open {ui_url(f'http://{host}:{port}')}  (Ctrl+C to stop)")
     os.execv(sys.executable, cmd)
 
 

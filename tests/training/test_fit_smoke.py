@@ -59,6 +59,36 @@ def test_fit_logs_run_metrics_artifacts_and_model(smoke_run):
 
 
 @pytest.mark.smoke
+def test_run_page_shows_epochs_phases_data_and_a_description(smoke_run):
+    """What the MLflow UI shows: model-training experiment, curves at step = epoch, phases, dataset, note."""
+    result, uri, _ = smoke_run
+    client = MlflowClient(uri)
+    run = client.get_run(result.run_id)
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.info.run_name == f"smoke-{result.run_id[:8]}"  # not MLflow's generator, which fit's seed fixes
+    for key in ("val/loss", "train/loss", "val/class/acc", "phase", "lr/head"):
+        assert [m.step for m in client.get_metric_history(result.run_id, key)] == [1, 2], key
+    assert client.get_metric_history(result.run_id, "epoch") == []  # the step says it
+    tags = run.data.tags
+    assert tags["fruitlab.phases"] == "head: epochs 1-1; top: epochs 2-2" and tags["fruitlab.phase"] == "top"
+    note = tags["mlflow.note.content"]
+    fingerprint = tags["fruitlab.dataset_fingerprint"]
+    assert f"`{fingerprint}`" in note and "split `dli`: 36 train / 36 val images" in note
+    assert "| 1 top | 2-2 (of 1 planned) | last_stages: 2 | sgd | 0.01 / 0.001 | constant |" in note
+    acc = run.data.metrics["best/val/class/acc"]
+    assert f"| `best/val/class/acc` | {acc:.4f} |" in note
+    (data,) = run.inputs.dataset_inputs
+    assert data.dataset.digest == fingerprint and data.dataset.name == "fruits_fresh_rotten (dli)"
+    assert "fruits-fresh-rotten" in data.dataset.source
+    model = client.get_logged_model(result.model_uri.removeprefix("models:/"))
+    linked = {m.key: m for m in model.metrics if m.key.startswith("best/")}
+    assert linked["best/val/class/acc"].dataset_digest == fingerprint and linked["best/val/class/acc"].value == acc
+    assert [m.value for m in client.get_metric_history(result.run_id, "best/val/class/acc")] == [acc]  # logged once
+    assert "learning_curves.png" in {a.path for a in client.list_artifacts(result.run_id)}
+
+
+@pytest.mark.smoke
 def test_logged_model_predicts_the_same_in_a_fresh_process(smoke_run, tmp_path):
     """The logged model through mlflow.pyfunc in a new process: the format (safetensors + spec.json), not a pickle."""
     result, uri, _ = smoke_run

@@ -6,7 +6,16 @@ serve, compare, promote); defined here once, so that the two cannot drift apart.
 
 from __future__ import annotations
 
+# On an MLflow experiment fruitlab creates: MLflow's own tag for the kind of work (model training, not GenAI).
+# MLflow 3.17's UI reads it where its GenAI/Model training switch is off; with the switch on, the URL's
+# `workflowType` picks the mode (tracking/runs.py: ui_url), so fruitlab sets both.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
 # On a fit run
+NOTE = "mlflow.note.content"  # MLflow's run description (markdown): the recipe, split, data and headline metrics
+PHASES = "fruitlab.phases"  # the fine-tuning phases as run: "head: epochs 1-3; top: epochs 4-6"
+PHASE = "fruitlab.phase"  # the phase the run is in (while it trains) or ended in
 VERSION = "fruitlab.version"  # the fruitlab that ran it
 EXPERIMENT_FILE = "fruitlab.experiment_file"
 BACKBONE = "fruitlab.backbone"

@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from fruitlab.evaluation.metrics import evaluate_probabilities, headline
-from fruitlab.evaluation.report import confusion_figure, format_evaluation, predict_batches
+from fruitlab.evaluation.report import confusion_figure, predict_batches
 from fruitlab.names import JOINT, metric_key
 from fruitlab.tracking import runs
 
@@ -23,8 +23,11 @@ SUMMARY = ("acc", "f1_macro")  # what fit returns and prints per task (every met
 
 def evaluate_best(
     client: Any, run_id: str, module: Any, checkpoint: ModelCheckpoint, datamodule: Any
-) -> tuple[str, dict[str, dict[str, Any]]]:
-    """(the best checkpoint's path, {split: evaluation}) after loading the best weights into `module`."""
+) -> tuple[str, dict[str, dict[str, Any]], dict[str, float]]:
+    """(the best checkpoint's path, {split: evaluation}, its scores) after loading the best weights into `module`.
+
+    The reports and figures are logged here; the scores are left to the caller, who logs them once the model is,
+    linked to it (runs.log_metrics' model_id)."""
     best = checkpoint.best_model_path or checkpoint.last_model_path
     best_phase = module.plan.index
     if best:
@@ -32,13 +35,14 @@ def evaluate_best(
         state = torch.load(best, map_location="cpu", weights_only=True)
         module.load_state_dict(state["state_dict"])
         best_phase = int(state.get("fruitlab_phase", {}).get("index", module.plan.index))
-    reports = {}
+    reports, scores = {}, {}
     for split in SPLITS:
         if datamodule.has_split(split):
             # From the feature cache when the best epoch's phase cached this split (the frozen part is the same)
             cached = datamodule.cached_evaluation(split, best_phase)
-            reports[split] = _evaluate_and_log(client, run_id, module.model, datamodule, split, cached)
-    return best, reports
+            reports[split], split_scores = _evaluate_and_log(client, run_id, module.model, datamodule, split, cached)
+            scores |= split_scores
+    return best, reports, scores
 
 
 def summary_metrics(reports: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -57,8 +61,9 @@ def stage(split: str) -> str:
 
 def _evaluate_and_log(
     client: Any, run_id: str, model: Any, datamodule: Any, split: str, cached: Any = None
-) -> dict[str, Any]:
-    """Metrics, report JSON, per-class CSV and confusion matrix per task of the best model on one split.
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """(evaluation, scores) of the best model on one split; its report JSON, per-class CSV and confusion matrix
+    per task are logged.
 
     `cached`: (loader of cached tensors, the model's forward from them), else the images go through the model.
     """
@@ -81,10 +86,8 @@ def _evaluate_and_log(
         client.log_figure(run_id, confusion_figure(report, title), f"evaluation/{name}_confusion.png")
     if evaluation["joint_acc"] is not None:
         metrics[metric_key(stage(split), JOINT, "acc")] = evaluation["joint_acc"]
-    runs.log_metrics(client, run_id, metrics)
     runs.log_json(client, run_id, evaluation, f"evaluation/{split}_report.json")
-    print(format_evaluation(evaluation, split))
-    return evaluation
+    return evaluation, metrics
 
 
 def _per_class_csv(report: dict[str, Any]) -> str:

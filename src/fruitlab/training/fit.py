@@ -26,7 +26,7 @@ from fruitlab.errors import TrackingError
 from fruitlab.inference.model_format import log_classifier
 from fruitlab.models.classifier import build_classifier
 from fruitlab.models.names import check_backbone_name
-from fruitlab.tracking import runs, tags
+from fruitlab.tracking import run_page, runs, tags
 from fruitlab.training.cached_data import PhasedDataModule
 from fruitlab.training.featurecache import FeatureCache
 from fruitlab.training.final_evaluation import evaluate_best, summary_metrics
@@ -103,15 +103,23 @@ def _fit(
     if trainer.global_rank != 0:
         return FitResult(run_id=run_id, tracking_uri=uri)
 
-    # 7. Evaluate the best checkpoint on val (and test), log it and the model.
+    # 7. Evaluate the best checkpoint on val (and test); log the model, its scores (linked to it and the data).
     client = runs.client_for(uri)
-    best, reports = evaluate_best(client, run_id, module, checkpoint, datamodule)
+    best, reports, scores = evaluate_best(client, run_id, module, checkpoint, datamodule)
     result = FitResult(run_id=run_id, tracking_uri=uri, metrics=summary_metrics(reports), reports=reports)
     runs.set_tags(client, run_id, {tags.CHECKPOINT_DIR: str(checkpoint_dir.resolve()), tags.BEST_CHECKPOINT: best})
+    data = _data_used(exp, splits)
+    run_page.log_dataset(client, run_id, data)
+    model_id = None
     if exp.tracking.log_model:
         example = datamodule.dataset("val")[0][0].unsqueeze(0)
         result.model_uri = log_classifier(model, run_id, example)
+        model_id = result.model_uri.removeprefix("models:/")
         runs.set_tags(client, run_id, {tags.MODEL_URI: result.model_uri})
+    runs.log_metrics(client, run_id, scores, model_id=model_id, dataset=(data.name, data.fingerprint))
+
+    # 8. The run page: phases, learning curves, a description; then the run is done.
+    run_page.describe(client, run_id, exp, data, result.metrics, weights)
     result.seconds = time.perf_counter() - started
     runs.log_metrics(client, run_id, {"fit_seconds": result.seconds})
     runs.finish_run(client, run_id, "FINISHED")
@@ -166,6 +174,17 @@ def _split_tags(splits: Any, data_dir: str | None) -> dict[str, str]:
     return out
 
 
+def _data_used(exp: Experiment, splits: Any) -> run_page.DataUsed:
+    return run_page.DataUsed(
+        dataset=exp.data.dataset,
+        split=splits.scheme or str(exp.data.split),
+        root=splits.root,
+        fingerprint=splits.fingerprint,
+        counts=splits.counts(),
+        classes=splits.num_classes,
+    )
+
+
 def _trainer(
     exp: Experiment, uri: str, run_id: str, checkpoint_dir: Path, extra_callbacks: list[Any] | None
 ) -> tuple[L.Trainer, ModelCheckpoint]:
@@ -196,6 +215,9 @@ def _trainer(
         # Each epoch asks the data module for its loaders: a phase served from the feature cache gets cached
         # tensors, the others images (the image loaders are kept, so persistent workers stay up).
         reload_dataloaders_every_n_epochs=1 if exp.performance.feature_cache != "off" else 0,
+        # Lightning's layer table (with a FLOPs column of zeros: it has no example input); each phase says how
+        # many parameters train instead (ClassifierModule.announce_phase).
+        enable_model_summary=False,
         **_trainer_kwargs(exp),
     )
 
