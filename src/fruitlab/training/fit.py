@@ -24,10 +24,12 @@ from fruitlab.errors import TrackingError
 from fruitlab.inference.model_format import log_classifier
 from fruitlab.models.classifier import build_classifier
 from fruitlab.models.names import check_backbone_name
+from fruitlab.names import FIT_SECONDS
 from fruitlab.tracking import runs, tags
 from fruitlab.training.cached_data import PhasedDataModule
 from fruitlab.training.featurecache import FeatureCache
 from fruitlab.training.final_evaluation import evaluate_best, summary_metrics
+from fruitlab.training.first_step import FirstStepTimer
 from fruitlab.training.module import ClassifierModule
 from fruitlab.training.phases import PhaseEarlyStopping, PhasePlan, PhaseSchedule
 
@@ -94,7 +96,9 @@ def _fit(
     checkpoint_dir = CHECKPOINT_ROOT / run_id
 
     # 5. Callbacks and trainer; the trainer settings pass straight through to Lightning.
-    trainer, checkpoint = _trainer(exp, uri, run_id, checkpoint_dir, extra_callbacks)
+    trainer, checkpoint = _trainer(
+        exp, uri, run_id, checkpoint_dir, [FirstStepTimer(started), *(extra_callbacks or [])]
+    )
 
     # 6. Train (or continue training).
     _train(trainer, module, datamodule, _resume_checkpoint(checkpoint_dir) if resume_run_id else None, uri, run_id)
@@ -111,7 +115,7 @@ def _fit(
         result.model_uri = log_classifier(model, run_id, example)
         runs.set_tags(client, run_id, {tags.MODEL_URI: result.model_uri})
     result.seconds = time.perf_counter() - started
-    runs.log_metrics(client, run_id, {"fit_seconds": result.seconds})
+    runs.log_metrics(client, run_id, {FIT_SECONDS: result.seconds})
     runs.finish_run(client, run_id, "FINISHED")
     return result
 
