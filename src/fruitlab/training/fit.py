@@ -28,7 +28,7 @@ from fruitlab.names import FIT_SECONDS
 from fruitlab.tracking import runs, tags
 from fruitlab.training.cached_data import PhasedDataModule
 from fruitlab.training.featurecache import FeatureCache
-from fruitlab.training.final_evaluation import evaluate_best, summary_metrics
+from fruitlab.training.final_evaluation import LastValidation, evaluate_best, summary_metrics
 from fruitlab.training.first_step import FirstStepTimer
 from fruitlab.training.module import ClassifierModule
 from fruitlab.training.phases import PhaseEarlyStopping, PhasePlan, PhaseSchedule
@@ -96,9 +96,9 @@ def _fit(
     checkpoint_dir = CHECKPOINT_ROOT / run_id
 
     # 5. Callbacks and trainer; the trainer settings pass straight through to Lightning.
-    trainer, checkpoint = _trainer(
-        exp, uri, run_id, checkpoint_dir, [FirstStepTimer(started), *(extra_callbacks or [])]
-    )
+    last_validation = LastValidation()  # the final evaluation reuses it when the last epoch is the best
+    own = [FirstStepTimer(started), last_validation, *(extra_callbacks or [])]
+    trainer, checkpoint = _trainer(exp, uri, run_id, checkpoint_dir, own)
 
     # 6. Train (or continue training).
     _train(trainer, module, datamodule, _resume_checkpoint(checkpoint_dir) if resume_run_id else None, uri, run_id)
@@ -107,7 +107,7 @@ def _fit(
 
     # 7. Evaluate the best checkpoint on val (and test), log it and the model.
     client = runs.client_for(uri)
-    best, reports = evaluate_best(client, run_id, module, checkpoint, datamodule)
+    best, reports = evaluate_best(client, run_id, module, checkpoint, datamodule, last_validation)
     result = FitResult(run_id=run_id, tracking_uri=uri, metrics=summary_metrics(reports), reports=reports)
     runs.set_tags(client, run_id, {tags.CHECKPOINT_DIR: str(checkpoint_dir.resolve()), tags.BEST_CHECKPOINT: best})
     if exp.tracking.log_model:
