@@ -100,43 +100,60 @@ def overhead(sizes: Sizes, args: argparse.Namespace) -> list[str]:
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
         warm_up(OVERHEAD_YAML, sizes.overrides, uri)
         sets = [arg for item in sizes.overrides for arg in ("--set", item)]
-        commands = {
-            "fit": [FRUITLAB, "fit", "-e", str(OVERHEAD_YAML), *sets],
-            "hand": [sys.executable, str(HANDLOOP), "-e", str(OVERHEAD_YAML), *sets, "--out", str(tmp / "hand")],
-        }
         env = os.environ | {"MLFLOW_TRACKING_URI": uri, "TERM": "xterm-256color"}
+        fit = [FRUITLAB, "fit", "-e", str(OVERHEAD_YAML), *sets]
+        sides = {
+            "fit": (fit, env),
+            "hand": ([sys.executable, str(HANDLOOP), "-e", str(OVERHEAD_YAML), *sets, "--out", str(tmp / "hand")], env),
+        }
+        if args.baseline_src:  # the same fit command with another checkout's fruitlab first on the path
+            sides["base"] = (fit, env | {"PYTHONPATH": str(Path(args.baseline_src).resolve() / "src")})
         runs = []
         for repeat in range(sizes.repeats):
-            for side in ("fit", "hand") if repeat % 2 == 0 else ("hand", "fit"):
-                cwd = tmp / side
-                cwd.mkdir(exist_ok=True)
-                done = run_in_terminal(commands[side], cwd, env)
-                if done.status != 0:
-                    raise SystemExit(f"{' '.join(commands[side])} failed ({done.status}):\n{done.output[-3000:]}")
-                inside = fit_report(uri, OVERHEAD_YAML.stem) if side == "fit" else hand_report(done.output)
-                first_step = inside.pop("first_step_at") - done.started_at
-                row = {"repeat": repeat + 1, "side": side, "wall_s": done.wall_s, "cpu_s": done.cpu_s}
-                row |= {"first_step_s": first_step, "peak_mib": done.peak_mib}
-                runs.append(row | {"outside_s": done.wall_s - inside["total_s"]} | inside)
-                print(
-                    f"  {side}: {done.wall_s:.1f} s wall, {done.cpu_s:.1f} s CPU, first step at {first_step:.1f} s, "
-                    f"peak {done.peak_mib:,.0f} MiB",
-                    flush=True,
-                )
-        trial_lines = sweep_trial_cost(sizes, tmp, uri, runs)
+            order = list(sides)[repeat % len(sides) :] + list(sides)[: repeat % len(sides)]  # each side leads once
+            for side in order:
+                runs.append(overhead_run(side, *sides[side], tmp, uri) | {"repeat": repeat + 1})
+        trial_lines = sweep_trial_cost(sizes, tmp, uri, runs, args.sweep_trials) if args.sweep_trials else []
 
+    base = (
+        f" `base` is the same fit command with `{args.baseline_src}/src` first on PYTHONPATH."
+        if "base" in sides
+        else ""
+    )
     lines = [
         f"`fruitlab fit -e benchmarks/overhead.yaml` against `benchmarks/handloop.py` on the same file"
         f"{' with ' + ', '.join(f'`--set {s}`' for s in sizes.overrides) if sizes.overrides else ''}: "
-        "each a whole process in a pseudo-terminal, in alternating order (fit first in odd repeats), one shared "
+        "each a whole process in a pseudo-terminal, in rotating order (each side first once per round), one shared "
         "MLflow SQLite store (created beforehand), dataset scanned beforehand. CPU = user + system time of the "
         "process and its loader workers (wait4); peak = the largest resident set of one of them (ru_maxrss). "
         "First step = from the process start to the first training batch (fit: the MLflow timestamp of its "
         "`first_step_seconds` metric; the hand loop prints the time). Inside = from the first line of "
         "fit()/main() to its end; outside = process wall minus inside (interpreter start, imports, CLI, exit). "
         "fit's split comes from its MLflow run: set-up until the run starts, training until the last epoch metric, "
-        "finishing (best checkpoint, evaluation, reports, model logging) until the run ends.",
+        f"finishing (best checkpoint, evaluation, reports, model logging) until the run ends.{base}",
     ]
+    return [*lines, "", *overhead_table(runs, list(sides)), "", *trial_lines]
+
+
+def overhead_run(side: str, command: list[str], env: dict[str, str], tmp: Path, uri: str) -> dict[str, Any]:
+    cwd = tmp / side
+    cwd.mkdir(exist_ok=True)
+    done = run_in_terminal(command, cwd, env)
+    if done.status != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.status}):\n{done.output[-3000:]}")
+    inside = hand_report(done.output) if side == "hand" else fit_report(uri, OVERHEAD_YAML.stem)
+    first_step = inside.pop("first_step_at") - done.started_at
+    print(
+        f"  {side}: {done.wall_s:.1f} s wall, {done.cpu_s:.1f} s CPU, first step at {first_step:.1f} s, "
+        f"peak {done.peak_mib:,.0f} MiB",
+        flush=True,
+    )
+    row = {"side": side, "wall_s": done.wall_s, "cpu_s": done.cpu_s, "first_step_s": first_step}
+    return row | {"peak_mib": done.peak_mib, "outside_s": done.wall_s - inside["total_s"]} | inside
+
+
+def overhead_table(runs: list[dict[str, Any]], sides: list[str]) -> list[str]:
+    """Every run, the medians per side, the ratios of medians to the hand loop's, and the per-repeat ratios."""
     header = ["repeat", "side", "wall s", "CPU s", "first step s", "inside s", "outside s", "set-up s", "training s"]
     header += ["finishing s", "peak MiB", "val acc"]
     keys = (*OVERHEAD_KEYS, "peak_mib")
@@ -145,28 +162,28 @@ def overhead(sizes: Sizes, args: argparse.Namespace) -> list[str]:
         return [*(f"{r[k]:.1f}" for k in OVERHEAD_KEYS), f"{r['peak_mib']:,.0f}"]
 
     rows = [[r["repeat"], r["side"], *cells(r), f"{r['val_acc']:.4f}"] for r in runs]
-    medians = {side: {k: statistics.median(r[k] for r in runs if r["side"] == side) for k in keys} for side in commands}
-    rows += [["median", side, *cells(medians[side]), ""] for side in commands]
-    rows.append(["ratio", "fit / hand", *(ratio(medians["fit"][k], medians["hand"][k], 3) for k in keys), ""])
-    pairs = {
-        k: [a[k] / b[k] for a, b in zip(*[[r for r in runs if r["side"] == s] for s in commands], strict=True)]
-        for k in ("wall_s", "cpu_s")
-    }
-    summary = "; ".join(
-        f"{name} fit / hand per repeat: median {statistics.median(v):.3f} (min {min(v):.3f}, max {max(v):.3f})"
-        for name, v in (("wall", pairs["wall_s"]), ("CPU", pairs["cpu_s"]))
-    )
-    gap = medians["fit"]["first_step_s"] - medians["hand"]["first_step_s"]
+    medians = {side: {k: statistics.median(r[k] for r in runs if r["side"] == side) for k in keys} for side in sides}
+    rows += [["median", side, *cells(medians[side]), ""] for side in sides]
+    fits = [side for side in sides if side != "hand"]
+    for side in fits:
+        rows.append(["ratio", f"{side} / hand", *(ratio(medians[side][k], medians["hand"][k], 3) for k in keys), ""])
+    summary = []
+    hand = {r["repeat"]: r for r in runs if r["side"] == "hand"}
+    for side in fits:
+        for name, key in (("wall", "wall_s"), ("CPU", "cpu_s")):
+            v = [r[key] / hand[r["repeat"]][key] for r in runs if r["side"] == side]
+            spread = f"min {min(v):.3f}, max {max(v):.3f}"
+            summary.append(f"{name} {side} / hand per repeat: median {statistics.median(v):.3f} ({spread})")
+        gap = medians[side]["first_step_s"] - medians["hand"]["first_step_s"]
+        summary.append(f"{side}'s first training step {gap:+.1f} s from the hand loop's (medians)")
     accs = sorted({f"{r['val_acc']:.4f}" for r in runs})
-    summary += f". First training step {gap:+.1f} s from the hand loop's (medians). Val accuracy: {', '.join(accs)}."
-    return [*lines, "", *table(header, rows), "", summary, "", *trial_lines]
+    return [*table(header, rows), "", "; ".join(summary) + f". Val accuracy: {', '.join(accs)}."]
 
 
-def sweep_trial_cost(sizes: Sizes, tmp: Path, uri: str, fits: list[dict[str, Any]]) -> list[str]:
+def sweep_trial_cost(sizes: Sizes, tmp: Path, uri: str, fits: list[dict[str, Any]], trials: int) -> list[str]:
     """A sweep's trials on the same settings as the fits above: what a trial costs beyond its training."""
     import optuna
 
-    trials = 2
     experiment = tmp / "overhead_sweep.yaml"  # its own MLflow experiment, so fit_report's runs stay apart
     seed = load_experiment(str(OVERHEAD_YAML), list(sizes.overrides)).seed
     space = {"sweep": {"trials": trials, "params": {"seed": {"type": "categorical", "choices": [seed]}}}}
@@ -188,9 +205,9 @@ def sweep_trial_cost(sizes: Sizes, tmp: Path, uri: str, fits: list[dict[str, Any
             [f"trial {trial.number}", f"{wall:.1f}", f"{report['first_step_s']:.1f}", f"{report['train_s']:.1f}"]
         )
         rows[-1] += [f"{report['final_s']:.1f}", f"{fixed:.1f}", f"{report['val_acc']:.4f}"]
-    for r in (r for r in fits if r["side"] == "fit"):
+    for r in (r for r in fits if r["side"] != "hand"):
         times = (r["wall_s"], r["first_step_s"], r["train_s"], r["final_s"], r["wall_s"] - r["train_s"])
-        rows.append([f"fit, repeat {r['repeat']}", *(f"{t:.1f}" for t in times), f"{r['val_acc']:.4f}"])
+        rows.append([f"{r['side']}, repeat {r['repeat']}", *(f"{t:.1f}" for t in times), f"{r['val_acc']:.4f}"])
     return [
         f"Sweep trials against fits of the same settings: `fruitlab sweep` over a copy of overhead.yaml with a "
         f"one-value search space (the experiment's own seed), {trials} trials, in one process ({done.wall_s:.0f} s "
@@ -809,6 +826,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results (markdown) here")
     parser.add_argument("--quick", action="store_true", help="tiny settings: proves it runs, measures nothing")
     parser.add_argument("--repeats", type=int, help="overhead: runs per side (default 3; --quick: 1)")
+    parser.add_argument("--baseline-src", help="overhead: also run fit from this checkout (its src/), as `base`")
+    parser.add_argument("--sweep-trials", type=int, default=2, help="overhead: trials of the sweep part (0: none)")
     parser.add_argument("--model", help="predict: a logged model (as `fruitlab predict --model`); default: fit one")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
