@@ -109,13 +109,12 @@ def _fit(
     client = runs.client_for(uri)
     best, reports = evaluate_best(client, run_id, module, checkpoint, datamodule, last_validation)
     result = FitResult(run_id=run_id, tracking_uri=uri, metrics=summary_metrics(reports), reports=reports)
-    runs.set_tags(client, run_id, {tags.CHECKPOINT_DIR: str(checkpoint_dir.resolve()), tags.BEST_CHECKPOINT: best})
+    final_tags = {tags.CHECKPOINT_DIR: str(checkpoint_dir.resolve()), tags.BEST_CHECKPOINT: best}
     if exp.tracking.log_model:
         example = datamodule.dataset("val")[0][0].unsqueeze(0)
-        result.model_uri = log_classifier(model, run_id, example)
-        runs.set_tags(client, run_id, {tags.MODEL_URI: result.model_uri})
+        result.model_uri = final_tags[tags.MODEL_URI] = log_classifier(model, run_id, example)
     result.seconds = time.perf_counter() - started
-    runs.log_metrics(client, run_id, {FIT_SECONDS: result.seconds})
+    runs.log_batch(client, run_id, {FIT_SECONDS: result.seconds}, final_tags)  # one write for the run's last facts
     runs.finish_run(client, run_id, "FINISHED")
     return result
 
