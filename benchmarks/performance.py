@@ -212,8 +212,9 @@ def sweep_trial_cost(sizes: Sizes, tmp: Path, uri: str, fits: list[dict[str, Any
         f"Sweep trials against fits of the same settings: `fruitlab sweep` over a copy of overhead.yaml with a "
         f"one-value search space (the experiment's own seed), {trials} trials, in one process ({done.wall_s:.0f} s "
         "wall). A trial runs without the progress bar and checkpoints on the sweep metric (val/class/acc), as every "
-        "trial does. wall = the trial (Optuna's start to complete) or the fit process; first step = from there to "
-        "the first training batch; fixed = wall - training.",
+        "trial does. wall = the trial (Optuna's start to complete) or the fit process; first step = from fit()'s "
+        "start (trial) or the process start (fit) to the first training batch; training = from the MLflow run's "
+        "start to the last epoch metric; fixed = wall - training.",
         "",
         *table(["", "wall s", "first step s", "training s", "finishing s", "fixed s", "val acc"], rows),
     ]
