@@ -13,6 +13,10 @@ JOINT = "joint"  # multi-task: every task right at once
 
 PER_EPOCH = ("acc", "f1_macro")  # what fit logs per task every epoch; its final evaluation uses the same names
 
+# Run-wide timings fit logs (seconds)
+FIT_SECONDS = "fit_seconds"  # fit() from start to end
+FIRST_STEP_SECONDS = "first_step_seconds"  # fit() start to the first training batch: the fixed cost before training
+
 
 def metric_key(stage: str, task: str, metric: str) -> str:
     """`{stage}/{task}/{metric}`, e.g. metric_key('best/val', 'class', 'acc') == 'best/val/class/acc'."""

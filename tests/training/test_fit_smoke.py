@@ -51,6 +51,9 @@ def test_fit_logs_run_metrics_artifacts_and_model(smoke_run):
     assert [m.value for m in client.get_metric_history(result.run_id, "phase")] == [0.0, 1.0]
     assert client.get_metric_history(result.run_id, "lr/backbone")[-1].value == pytest.approx(1e-3)
     assert 0.0 <= run.data.metrics["best/val/class/acc"] <= 1.0
+    # the fixed cost before training, logged once: after fit() started, before it ended
+    assert len(client.get_metric_history(result.run_id, "first_step_seconds")) == 1
+    assert 0.0 < run.data.metrics["first_step_seconds"] < run.data.metrics["fit_seconds"]
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
     assert {"evaluation/val_confusion.png", "evaluation/val_per_class.csv", "evaluation/val_report.json"} <= artifacts
     assert client.list_artifacts(result.run_id, "config")[0].path == "config/experiment.yaml"

@@ -175,6 +175,15 @@ def log_metrics(
         client.log_batch(run_id, metrics=batch[i : i + 1000])
 
 
+def log_batch(client: MlflowClient, run_id: str, metrics: dict[str, float], tags: dict[str, Any]) -> None:
+    """Metrics (step 0, now) and tags in one call."""
+    import time
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    client.log_batch(run_id, metrics=batch, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

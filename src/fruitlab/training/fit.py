@@ -26,10 +26,12 @@ from fruitlab.errors import TrackingError
 from fruitlab.inference.model_format import log_classifier
 from fruitlab.models.classifier import build_classifier
 from fruitlab.models.names import check_backbone_name
+from fruitlab.names import FIT_SECONDS
 from fruitlab.tracking import run_page, runs, tags
 from fruitlab.training.cached_data import PhasedDataModule
 from fruitlab.training.featurecache import FeatureCache
-from fruitlab.training.final_evaluation import evaluate_best, summary_metrics
+from fruitlab.training.final_evaluation import LastValidation, evaluate_best, summary_metrics
+from fruitlab.training.first_step import FirstStepTimer
 from fruitlab.training.module import ClassifierModule
 from fruitlab.training.phases import PhaseEarlyStopping, PhasePlan, PhaseSchedule
 
@@ -96,7 +98,9 @@ def _fit(
     checkpoint_dir = CHECKPOINT_ROOT / run_id
 
     # 5. Callbacks and trainer; the trainer settings pass straight through to Lightning.
-    trainer, checkpoint = _trainer(exp, uri, run_id, checkpoint_dir, extra_callbacks)
+    last_validation = LastValidation()  # the final evaluation reuses it when the last epoch is the best
+    own = [FirstStepTimer(started), last_validation, *(extra_callbacks or [])]
+    trainer, checkpoint = _trainer(exp, uri, run_id, checkpoint_dir, own)
 
     # 6. Train (or continue training).
     _train(trainer, module, datamodule, _resume_checkpoint(checkpoint_dir) if resume_run_id else None, uri, run_id)
@@ -105,23 +109,22 @@ def _fit(
 
     # 7. Evaluate the best checkpoint on val (and test); log the model, its scores (linked to it and the data).
     client = runs.client_for(uri)
-    best, reports, scores = evaluate_best(client, run_id, module, checkpoint, datamodule)
+    best, reports, scores = evaluate_best(client, run_id, module, checkpoint, datamodule, last_validation)
     result = FitResult(run_id=run_id, tracking_uri=uri, metrics=summary_metrics(reports), reports=reports)
-    runs.set_tags(client, run_id, {tags.CHECKPOINT_DIR: str(checkpoint_dir.resolve()), tags.BEST_CHECKPOINT: best})
+    final_tags = {tags.CHECKPOINT_DIR: str(checkpoint_dir.resolve()), tags.BEST_CHECKPOINT: best}
     data = _data_used(exp, splits)
     run_page.log_dataset(client, run_id, data)
     model_id = None
     if exp.tracking.log_model:
         example = datamodule.dataset("val")[0][0].unsqueeze(0)
-        result.model_uri = log_classifier(model, run_id, example)
+        result.model_uri = final_tags[tags.MODEL_URI] = log_classifier(model, run_id, example)
         model_id = result.model_uri.removeprefix("models:/")
-        runs.set_tags(client, run_id, {tags.MODEL_URI: result.model_uri})
     runs.log_metrics(client, run_id, scores, model_id=model_id, dataset=(data.name, data.fingerprint))
 
     # 8. The run page: phases, learning curves, a description; then the run is done.
     run_page.describe(client, run_id, exp, data, result.metrics, weights)
     result.seconds = time.perf_counter() - started
-    runs.log_metrics(client, run_id, {"fit_seconds": result.seconds})
+    runs.log_batch(client, run_id, {FIT_SECONDS: result.seconds}, final_tags)  # one write for the run's last facts
     runs.finish_run(client, run_id, "FINISHED")
     return result
 

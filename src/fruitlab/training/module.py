@@ -128,7 +128,8 @@ class ClassifierModule(L.LightningModule):
         return self.plan.build_optimizer(self.model, extra=extra)
 
     # --- steps --------------------------------------------------------------------------------------------
-    def _step(self, batch: tuple[torch.Tensor, Any], stage: str) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, Any], stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the objective, the logits {task: (N, C_task)})."""
         images, target = batch
         perm, lam = None, 1.0
         if stage == "train" and self.augment is not None and self.augment.mixing:
@@ -159,13 +160,13 @@ class ClassifierModule(L.LightningModule):
             joint = self.joint[f"{stage}_joint"]
             joint.update(right)
             self.log(metric_key(stage, JOINT, "acc"), joint, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
-        return objective
+        return objective, logits
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._step(batch, "val")[1]  # the logits, for callbacks (final_evaluation.LastValidation)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "test")
