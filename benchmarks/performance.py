@@ -91,47 +91,139 @@ SWEEP_SETS = ("data.max_per_class=40", "preprocess.input_size=96")
 
 
 # ------------------------------------------------------------------------------------------------ overhead
+OVERHEAD_KEYS = ("wall_s", "cpu_s", "first_step_s", "total_s", "outside_s", "setup_s", "train_s", "final_s")
+
+
 def overhead(sizes: Sizes, args: argparse.Namespace) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="fruitlab-bench-") as tmp:
         tmp = Path(tmp)
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
         warm_up(OVERHEAD_YAML, sizes.overrides, uri)
         sets = [arg for item in sizes.overrides for arg in ("--set", item)]
-        commands = {
-            "fit": [FRUITLAB, "fit", "-e", str(OVERHEAD_YAML), *sets],
-            "hand": [sys.executable, str(HANDLOOP), "-e", str(OVERHEAD_YAML), *sets, "--out", str(tmp / "hand")],
-        }
         env = os.environ | {"MLFLOW_TRACKING_URI": uri, "TERM": "xterm-256color"}
+        fit = [FRUITLAB, "fit", "-e", str(OVERHEAD_YAML), *sets]
+        sides = {
+            "fit": (fit, env),
+            "hand": ([sys.executable, str(HANDLOOP), "-e", str(OVERHEAD_YAML), *sets, "--out", str(tmp / "hand")], env),
+        }
+        if args.baseline_src:  # the same fit command with another checkout's fruitlab first on the path
+            sides["base"] = (fit, env | {"PYTHONPATH": str(Path(args.baseline_src).resolve() / "src")})
         runs = []
         for repeat in range(sizes.repeats):
-            for side in ("fit", "hand") if repeat % 2 == 0 else ("hand", "fit"):
-                cwd = tmp / side
-                cwd.mkdir(exist_ok=True)
-                wall, status, output = run_in_terminal(commands[side], cwd, env)
-                if status != 0:
-                    raise SystemExit(f"{' '.join(commands[side])} failed ({status}):\n{output[-3000:]}")
-                inside = fit_report(uri, OVERHEAD_YAML.stem) if side == "fit" else hand_report(output)
-                runs.append(
-                    {"repeat": repeat + 1, "side": side, "wall_s": wall, "outside_s": wall - inside["total_s"]} | inside
-                )
-                print(f"  {side}: {wall:.1f} s wall, {inside['total_s']:.1f} s inside", flush=True)
+            order = list(sides)[repeat % len(sides) :] + list(sides)[: repeat % len(sides)]  # each side leads once
+            for side in order:
+                runs.append(overhead_run(side, *sides[side], tmp, uri) | {"repeat": repeat + 1})
+        trial_lines = sweep_trial_cost(sizes, tmp, uri, runs, args.sweep_trials) if args.sweep_trials else []
 
+    base = (
+        f" `base` is the same fit command with `{args.baseline_src}/src` first on PYTHONPATH."
+        if "base" in sides
+        else ""
+    )
     lines = [
         f"`fruitlab fit -e benchmarks/overhead.yaml` against `benchmarks/handloop.py` on the same file"
         f"{' with ' + ', '.join(f'`--set {s}`' for s in sizes.overrides) if sizes.overrides else ''}: "
-        "each a whole process in a pseudo-terminal, one shared MLflow SQLite store (created beforehand), "
-        "dataset scanned beforehand. Inside = from the first line of fit()/main() to its end; outside = process "
-        "wall minus inside (interpreter start, imports, CLI, exit). fit's split comes from its MLflow run: "
-        "set-up until the run starts, training until the last epoch metric, finishing (best checkpoint, "
-        "evaluation, reports, model logging) until the run ends.",
+        "each a whole process in a pseudo-terminal, in rotating order (each side first once per round), one shared "
+        "MLflow SQLite store (created beforehand), dataset scanned beforehand. CPU = user + system time of the "
+        "process and its loader workers (wait4); peak = the largest resident set of one of them (ru_maxrss). "
+        "First step = from the process start to the first training batch (fit: the MLflow timestamp of its "
+        "`first_step_seconds` metric; the hand loop prints the time). Inside = from the first line of "
+        "fit()/main() to its end; outside = process wall minus inside (interpreter start, imports, CLI, exit). "
+        "fit's split comes from its MLflow run: set-up until the run starts, training until the last epoch metric, "
+        f"finishing (best checkpoint, evaluation, reports, model logging) until the run ends.{base}",
     ]
-    keys = ("wall_s", "total_s", "outside_s", "setup_s", "train_s", "final_s")
-    header = ["repeat", "side", "wall s", "inside s", "outside s", "set-up s", "training s", "finishing s", "val acc"]
-    rows = [[r["repeat"], r["side"], *(f"{r[k]:.1f}" for k in keys), f"{r['val_acc']:.4f}"] for r in runs]
-    medians = {side: {k: statistics.median(r[k] for r in runs if r["side"] == side) for k in keys} for side in commands}
-    rows += [["median", side, *(f"{medians[side][k]:.1f}" for k in keys), ""] for side in commands]
-    rows.append(["ratio", "fit / hand", *(ratio(medians["fit"][k], medians["hand"][k]) for k in keys), ""])
-    return [*lines, "", *table(header, rows)]
+    return [*lines, "", *overhead_table(runs, list(sides)), "", *trial_lines]
+
+
+def overhead_run(side: str, command: list[str], env: dict[str, str], tmp: Path, uri: str) -> dict[str, Any]:
+    cwd = tmp / side
+    cwd.mkdir(exist_ok=True)
+    done = run_in_terminal(command, cwd, env)
+    if done.status != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.status}):\n{done.output[-3000:]}")
+    inside = hand_report(done.output) if side == "hand" else fit_report(uri, OVERHEAD_YAML.stem)
+    first_step = inside.pop("first_step_at") - done.started_at
+    print(
+        f"  {side}: {done.wall_s:.1f} s wall, {done.cpu_s:.1f} s CPU, first step at {first_step:.1f} s, "
+        f"peak {done.peak_mib:,.0f} MiB",
+        flush=True,
+    )
+    row = {"side": side, "wall_s": done.wall_s, "cpu_s": done.cpu_s, "first_step_s": first_step}
+    return row | {"peak_mib": done.peak_mib, "outside_s": done.wall_s - inside["total_s"]} | inside
+
+
+def overhead_table(runs: list[dict[str, Any]], sides: list[str]) -> list[str]:
+    """Every run, the medians per side, the ratios of medians to the hand loop's, and the per-repeat ratios."""
+    header = ["repeat", "side", "wall s", "CPU s", "first step s", "inside s", "outside s", "set-up s", "training s"]
+    header += ["finishing s", "peak MiB", "val acc"]
+    keys = (*OVERHEAD_KEYS, "peak_mib")
+
+    def cells(r: dict[str, float]) -> list[str]:
+        return [*(f"{r[k]:.1f}" for k in OVERHEAD_KEYS), f"{r['peak_mib']:,.0f}"]
+
+    rows = [[r["repeat"], r["side"], *cells(r), f"{r['val_acc']:.4f}"] for r in runs]
+    medians = {side: {k: statistics.median(r[k] for r in runs if r["side"] == side) for k in keys} for side in sides}
+    rows += [["median", side, *cells(medians[side]), ""] for side in sides]
+    fits = [side for side in sides if side != "hand"]
+    for side in fits:
+        rows.append(["ratio", f"{side} / hand", *(ratio(medians[side][k], medians["hand"][k], 3) for k in keys), ""])
+    summary = []
+    hand = {r["repeat"]: r for r in runs if r["side"] == "hand"}
+    for side in fits:
+        for name, key in (("wall", "wall_s"), ("CPU", "cpu_s")):
+            v = [r[key] / hand[r["repeat"]][key] for r in runs if r["side"] == side]
+            spread = f"min {min(v):.3f}, max {max(v):.3f}"
+            summary.append(f"{name} {side} / hand per repeat: median {statistics.median(v):.3f} ({spread})")
+        gap = medians[side]["first_step_s"] - medians["hand"]["first_step_s"]
+        summary.append(f"{side}'s first training step {gap:+.1f} s from the hand loop's (medians)")
+    accs = sorted({f"{r['val_acc']:.4f}" for r in runs})
+    return [*table(header, rows), "", "; ".join(summary) + f". Val accuracy: {', '.join(accs)}."]
+
+
+def sweep_trial_cost(sizes: Sizes, tmp: Path, uri: str, fits: list[dict[str, Any]], trials: int) -> list[str]:
+    """A sweep's trials on the same settings as the fits above: what a trial costs beyond its training."""
+    import optuna
+
+    experiment = tmp / "overhead_sweep.yaml"  # its own MLflow experiment, so fit_report's runs stay apart
+    seed = load_experiment(str(OVERHEAD_YAML), list(sizes.overrides)).seed
+    space = {"sweep": {"trials": trials, "params": {"seed": {"type": "categorical", "choices": [seed]}}}}
+    experiment.write_text(OVERHEAD_YAML.read_text() + "\n" + yaml_text(space))
+    sets = [a for s in sizes.overrides for a in ("--set", s)]
+    command = [FRUITLAB, "sweep", "-e", str(experiment), "--study", "overhead", *sets]
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri, "TERM": "xterm-256color"}
+    (tmp / "sweep").mkdir()
+    done = run_in_terminal(command, tmp / "sweep", env)
+    if done.status != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.status}):\n{done.output[-3000:]}")
+    study = optuna.load_study(study_name="overhead", storage=f"sqlite:///{tmp / 'optuna.db'}")
+    reports = trial_reports(uri, experiment.stem)
+    rows = []
+    for trial, report in zip(study.trials, reports, strict=True):
+        wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        fixed = wall - report["train_s"]
+        rows.append(
+            [f"trial {trial.number}", f"{wall:.1f}", f"{report['first_step_s']:.1f}", f"{report['train_s']:.1f}"]
+        )
+        rows[-1] += [f"{report['final_s']:.1f}", f"{fixed:.1f}", f"{report['val_acc']:.4f}"]
+    for r in (r for r in fits if r["side"] != "hand"):
+        times = (r["wall_s"], r["first_step_s"], r["train_s"], r["final_s"], r["wall_s"] - r["train_s"])
+        rows.append([f"{r['side']}, repeat {r['repeat']}", *(f"{t:.1f}" for t in times), f"{r['val_acc']:.4f}"])
+    return [
+        f"Sweep trials against fits of the same settings: `fruitlab sweep` over a copy of overhead.yaml with a "
+        f"one-value search space (the experiment's own seed), {trials} trials, in one process ({done.wall_s:.0f} s "
+        "wall). A trial runs without the progress bar and checkpoints on the sweep metric (val/class/acc), as every "
+        "trial does. wall = the trial (Optuna's start to complete) or the fit process; first step = from fit()'s "
+        "start (trial) or the process start (fit) to the first training batch; training = from the MLflow run's "
+        "start to the last epoch metric; fixed = wall - training.",
+        "",
+        *table(["", "wall s", "first step s", "training s", "finishing s", "fixed s", "val acc"], rows),
+    ]
+
+
+def yaml_text(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 def warm_up(experiment: Path, overrides: tuple[str, ...], uri: str) -> None:
@@ -145,14 +237,26 @@ def warm_up(experiment: Path, overrides: tuple[str, ...], uri: str) -> None:
     MlflowClient(uri).search_experiments()
 
 
-def run_in_terminal(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int, str]:
-    """(wall seconds, exit status, output) of a process whose stdout and stderr are a 120x40 pseudo-terminal."""
+@dataclass
+class Finished:
+    """A finished process: its wall time, exit status, output, and what wait4 said about it and its children."""
+
+    wall_s: float
+    status: int
+    output: str
+    started_at: float  # time.time() just before it was started
+    cpu_s: float  # user + system, itself and the children it waited for (loader workers)
+    peak_mib: float  # the largest resident set of itself or one of those children
+
+
+def run_in_terminal(command: list[str], cwd: Path, env: dict[str, str]) -> Finished:
+    """A process whose stdout and stderr are a 120x40 pseudo-terminal, run to its end."""
     import fcntl
     import termios
 
     parent, child = pty.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    started = time.perf_counter()
+    started_at, started = time.time(), time.perf_counter()
     process = subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=child, stderr=child)
     os.close(child)
     chunks = []
@@ -164,10 +268,13 @@ def run_in_terminal(command: list[str], cwd: Path, env: dict[str, str]) -> tuple
         if not chunk:
             break
         chunks.append(chunk)
-    status = process.wait()
+    _, wait_status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(wait_status)
     wall = time.perf_counter() - started
     os.close(parent)
-    return wall, status, b"".join(chunks).decode(errors="replace")
+    output = b"".join(chunks).decode(errors="replace")
+    cpu = usage.ru_utime + usage.ru_stime
+    return Finished(wall, process.returncode, output, started_at, cpu, usage.ru_maxrss / 1024)
 
 
 def fit_report(uri: str, experiment_name: str) -> dict[str, float]:
@@ -180,13 +287,38 @@ def fit_report(uri: str, experiment_name: str) -> dict[str, float]:
     run_id, start, end = run.info.run_id, run.info.start_time / 1000, run.info.end_time / 1000
     trained = max(m.timestamp for key in ("train/loss", "val/loss") for m in client.get_metric_history(run_id, key))
     total = run.data.metrics["fit_seconds"]
+    first_step = client.get_metric_history(run_id, "first_step_seconds")[0].timestamp / 1000
     return {
+        "first_step_at": first_step,
         "total_s": total,
         "setup_s": total - (end - start),
         "train_s": trained / 1000 - start,
         "final_s": end - trained / 1000,
         "val_acc": run.data.metrics["best/val/class/acc"],
     }
+
+
+def trial_reports(uri: str, experiment_name: str) -> list[dict[str, float]]:
+    """Per trial run of a study (in trial order): fit()'s start to its first step, training, finishing, val acc."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    found = client.search_runs([experiment.experiment_id], "tags.`fruitlab.trial_number` != ''")
+    reports = []
+    for run in sorted(found, key=lambda r: int(r.data.tags["fruitlab.trial_number"])):
+        history = [m for key in ("train/loss", "val/loss") for m in client.get_metric_history(run.info.run_id, key)]
+        trained = max(m.timestamp for m in history) / 1000
+        start, end = run.info.start_time / 1000, run.info.end_time / 1000
+        reports.append(
+            {
+                "first_step_s": run.data.metrics["first_step_seconds"],
+                "train_s": trained - start,
+                "final_s": end - trained,
+                "val_acc": run.data.metrics["best/val/class/acc"],
+            }
+        )
+    return reports
 
 
 def hand_report(output: str) -> dict[str, float]:
@@ -546,9 +678,10 @@ def feature_cache(sizes: Sizes, args: argparse.Namespace) -> list[str]:
             env = os.environ | {"MLFLOW_TRACKING_URI": uri, "FRUITLAB_CACHE_DIR": str(tmp / f"cache-{mode}")}
             command = [FRUITLAB, "fit", "-e", str(FEATURE_YAML), *sets, "--set", f"performance.feature_cache={mode}"]
             (tmp / mode).mkdir()
-            wall, status, output = run_in_terminal(command, tmp / mode, env)
-            if status != 0:
-                raise SystemExit(f"{' '.join(command)} failed ({status}):\n{output[-3000:]}")
+            done = run_in_terminal(command, tmp / mode, env)
+            if done.status != 0:
+                raise SystemExit(f"{' '.join(command)} failed ({done.status}):\n{done.output[-3000:]}")
+            wall = done.wall_s
             results[mode] = epoch_report(uri, FEATURE_YAML.stem) | {"wall_s": wall}
             print(f"  feature_cache={mode}: {wall:.1f} s wall, epochs {results[mode]['epoch_s']}", flush=True)
     off, on = results["off"], results["auto"]
@@ -608,9 +741,10 @@ def sweep(sizes: Sizes, args: argparse.Namespace) -> list[str]:
                 command = [FRUITLAB, "sweep", "-e", str(quickstart), "--trials", str(sizes.sweep_trials)]
                 command += ["--study", study, *[a for s in sets for a in ("--set", s)]]
                 (tmp / study).mkdir()
-                wall, status, output = run_in_terminal(command, tmp / study, env)
-                if status != 0:
-                    raise SystemExit(f"{' '.join(command)} failed ({status}):\n{output[-3000:]}")
+                done = run_in_terminal(command, tmp / study, env)
+                wall = done.wall_s
+                if done.status != 0:
+                    raise SystemExit(f"{' '.join(command)} failed ({done.status}):\n{done.output[-3000:]}")
                 trials = optuna.load_study(study_name=study, storage=f"sqlite:///{tmp / 'optuna.db'}").trials
                 pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in trials)
                 epochs = sum(len(t.intermediate_values) for t in trials)
@@ -683,8 +817,8 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "-"
+def ratio(a: float, b: float, digits: int = 2) -> str:
+    return f"{a / b:.{digits}f}x" if b else "-"
 
 
 def main() -> None:
@@ -693,6 +827,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results (markdown) here")
     parser.add_argument("--quick", action="store_true", help="tiny settings: proves it runs, measures nothing")
     parser.add_argument("--repeats", type=int, help="overhead: runs per side (default 3; --quick: 1)")
+    parser.add_argument("--baseline-src", help="overhead: also run fit from this checkout (its src/), as `base`")
+    parser.add_argument("--sweep-trials", type=int, default=2, help="overhead: trials of the sweep part (0: none)")
     parser.add_argument("--model", help="predict: a logged model (as `fruitlab predict --model`); default: fit one")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL

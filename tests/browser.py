@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,3 +36,17 @@ def chromium(width: int = 1280, height: int = 1000, offline: bool = True) -> Ite
         yield driver
     finally:
         driver.quit()
+
+
+def wait(driver, condition, seconds: float = 60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, seconds, poll_frequency=0.1).until(condition)
+
+
+def keep(shot: Path) -> None:
+    """With FRUITLAB_SCREENSHOTS=/some/dir, a copy of the screenshot there (to look at, or for docs/)."""
+    target = os.environ.get("FRUITLAB_SCREENSHOTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(target) / shot.name)

@@ -182,6 +182,12 @@ def test_fit_on_a_folder_with_a_corrupt_image_skips_it_with_a_warning(tmp_path, 
     assert "broken.jpg" in result.stderr + result.stdout
     assert "1 " in result.stderr + result.stdout  # the warning counts the skipped files
     assert "run " in result.stdout and "best/val/class/acc" in result.stdout
+    # what a fit prints and what it no longer does: Lightning's absent accelerators and its layer table with FLOPs
+    out = result.stderr + result.stdout
+    for noise in ("GPU available", "TPU available", "FLOPs", "Trainable params", "`Trainer.fit` stopped"):
+        assert noise not in out, noise
+    assert "phase 2/2 'top': " in result.stderr and " parameters train (backbone " in result.stderr
+    assert result.stdout.count("precision") == 1  # the val per-class table, once
 
 
 def test_data_fetch_from_mirror(tmp_path, mirror):

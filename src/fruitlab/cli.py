@@ -86,18 +86,37 @@ def _root(
     # would print every Lightning line twice).
     logger = logging.getLogger("fruitlab")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrNow()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # Lightning advertises its cloud logger on every fit; fruitlab logs to MLflow, so the tip is noise.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdverts())
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_LightningNoise())
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
 
 
-class _NoAdverts(logging.Filter):
+class _StderrNow(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each message: while Lightning's Rich progress bar is live, that is Rich's
+    proxy, which prints the line above the bar (a handler holding the original stderr writes into the bar line)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ sets it; the property answers instead
+        pass
+
+
+class _LightningNoise(logging.Filter):
+    """Lightning's lines a fruitlab user has no use for: its cloud-logger advert (fruitlab logs to MLflow), the
+    accelerators that are absent (a GPU that is there and used is still said), and the planned end of a fit."""
+
+    NOISE = ("litlogger", "available: False", "`Trainer.fit` stopped: `max_epochs=")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in str(record.msg)
+        message = str(record.msg)
+        return not any(noise in message for noise in self.NOISE)
 
 
 @app.command()
@@ -191,6 +210,10 @@ def fit(
     from fruitlab.training.fit import fit as run_fit
 
     result = run_fit(exp, resume_run_id=resume, data_dir=data_dir, splits=splits)
+    from fruitlab.evaluation.report import format_evaluation
+
+    for split, evaluation in result.reports.items():
+        typer.echo(format_evaluation(evaluation, split))
     if result.metrics:
         summary = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         typer.echo(f"run {result.run_id}  {summary}  ({result.seconds:.0f} s)")
@@ -349,19 +372,61 @@ def evaluate(
     out: Annotated[Path | None, typer.Option("--out", help="folder for the HTML report (default: ./reports)")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="images per forward pass")] = 32,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:1, ...")] = "auto",
+    corruptions: Annotated[
+        bool,
+        typer.Option("--corruptions", help="also score the images under common corruptions (noise, blur, JPEG, ...)"),
+    ] = False,
+    corruption_names: Annotated[
+        str | None,
+        typer.Option(
+            "--corruption-names",
+            help="with --corruptions: some of gaussian_noise, gaussian_blur, jpeg, brightness, contrast, "
+            "colour_shift, rotation, crop (comma-separated; default all)",
+        ),
+    ] = None,
+    severities: Annotated[
+        str | None,
+        typer.Option("--corruption-severities", help="severities 1 (mild) to 5 (severe), e.g. 1,3,5 (the default)"),
+    ] = None,
+    corruption_images: Annotated[
+        int | None,
+        typer.Option(
+            "--corruption-images",
+            min=1,
+            help="with --corruptions: a seeded, class-stratified sample of this many images (default: all)",
+        ),
+    ] = None,
+    shift: Annotated[
+        bool,
+        typer.Option(
+            "--shift", help="--data is other photos of the same classes: report them beside the model's own val split"
+        ),
+    ] = False,
+    copy_check: Annotated[
+        bool,
+        typer.Option(
+            "--copy-check/--no-copy-check", help="count the images that are copies of the model's training images"
+        ),
+    ] = True,
     trust_pickle: TrustPickleOpt = False,
     tracking_uri: UriOpt = None,
     data_dir: DataDirOpt = None,
     mirror: MirrorOpt = None,
 ) -> None:
-    """Evaluate a model on a split: metrics, calibration, thresholds, images, Grad-CAM; an MLflow run + HTML."""
+    """Evaluate a model on a split: metrics, calibration, thresholds, images, Grad-CAM, training copies, optionally
+    robustness to corruptions and distribution shift; an MLflow run + HTML."""
     _env(tracking_uri, mirror)
     from fruitlab.evaluation.confidence import check_threshold
+    from fruitlab.evaluation.corruptions import parse_corruptions, parse_severities
     from fruitlab.inference.evaldata import check_data, check_split
 
     check_threshold(threshold)  # cheap checks before the heavy imports
     check_split(split)
     check_data(data)
+    names = parse_corruptions(corruption_names) if corruptions else None
+    levels = parse_severities(severities)
+    if (severities, corruption_names, corruption_images) != (None, None, None) and not corruptions:
+        raise FruitlabError("--corruption-names, --corruption-severities and --corruption-images go with --corruptions")
     from fruitlab.inference.evaluate import evaluate as run_evaluate
 
     result = run_evaluate(
@@ -376,6 +441,11 @@ def evaluate(
         device=device,
         batch_size=batch_size,
         trust_pickle=trust_pickle,
+        corruptions=names,
+        severities=levels,
+        corruption_sample=corruption_images,
+        shift=shift,
+        copy_check=copy_check,
     )
     typer.echo(f"{result.summary()}  ({result.seconds:.0f} s)")
 
@@ -481,13 +551,13 @@ def ui(
     tracking_uri: UriOpt = None,
 ) -> None:
     """Open the MLflow UI on the same store fruitlab fit logs to."""
-    from fruitlab.tracking.runs import ARTIFACT_DIR
+    from fruitlab.tracking.runs import ARTIFACT_DIR, ui_url
     from fruitlab.tracking.runs import tracking_uri as resolve
 
     uri = resolve(tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     cmd += ["--default-artifact-root", Path(ARTIFACT_DIR).resolve().as_uri()]
-    typer.echo(f"MLflow UI for {uri} at http://{host}:{port}  (Ctrl+C to stop)")
+    typer.echo(f"MLflow UI for {uri}: open {ui_url(f'http://{host}:{port}')}  (Ctrl+C to stop)")
     os.execv(sys.executable, cmd)
 
 

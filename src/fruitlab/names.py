@@ -13,7 +13,32 @@ JOINT = "joint"  # multi-task: every task right at once
 
 PER_EPOCH = ("acc", "f1_macro")  # what fit logs per task every epoch; its final evaluation uses the same names
 
+# Run-wide timings fit logs (seconds)
+FIT_SECONDS = "fit_seconds"  # fit() from start to end
+FIRST_STEP_SECONDS = "first_step_seconds"  # fit() start to the first training batch: the fixed cost before training
+
 
 def metric_key(stage: str, task: str, metric: str) -> str:
     """`{stage}/{task}/{metric}`, e.g. metric_key('best/val', 'class', 'acc') == 'best/val/class/acc'."""
     return f"{stage}/{task}/{metric}"
+
+
+# Robustness (`fruitlab evaluate --corruptions`): `corrupt/<corruption>/<severity>/acc`, the model's headline
+# accuracy (a multi-task model's joint one) on corrupted images; `.../<task>/acc` per task of a multi-task model;
+# MEAN in place of the severity averages a corruption's severities, in place of the corruption every corruption.
+CORRUPT = "corrupt"
+MEAN = "mean"
+
+
+def corruption_key(corruption: str, severity: int | str | None = None, task: str | None = None) -> str:
+    """corruption_key('jpeg', 3) == 'corrupt/jpeg/3/acc'; corruption_key(MEAN) == 'corrupt/mean/acc'."""
+    parts = [CORRUPT, corruption, *([str(severity)] if severity is not None else []), *([task] if task else [])]
+    return "/".join([*parts, "acc"])
+
+
+# What an evaluation's figures are worth (`fruitlab evaluate`): how many evaluated images copy a training image, and
+# with --shift the model's own val split beside the shifted data: `shift/in_distribution/{task}/acc` and the drop
+# `shift/drop/{task}/acc` (in-distribution minus shifted).
+TRAIN_COPIES = "train_copies"  # count; TRAIN_COPIES + "_share": the share of the evaluated images
+IN_DISTRIBUTION = "shift/in_distribution"
+SHIFT_DROP = "shift/drop"

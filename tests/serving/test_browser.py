@@ -5,22 +5,14 @@ Screenshots go to the test's tmp dir; with FRUITLAB_SCREENSHOTS=/some/dir they a
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import pytest
 import requests
 
 from fruitlab.serving.app import create_app
-from tests.browser import chromium
+from tests.browser import chromium, keep, wait
 from tests.serving.conftest import ADMIN, ADMIN_TOKEN, FRUITS, live_server, settings_for
-
-
-def wait(driver, condition, seconds: float = 60):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, seconds, poll_frequency=0.1).until(condition)
 
 
 def severe(driver) -> list[str]:
@@ -34,13 +26,6 @@ def full_page(driver, path: Path) -> None:
     driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(str(path))
     driver.set_window_size(1280, 1000)
-
-
-def keep(shot: Path) -> None:
-    target = os.environ.get("FRUITLAB_SCREENSHOTS")
-    if target:
-        Path(target).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(target) / shot.name)
 
 
 @pytest.mark.slow

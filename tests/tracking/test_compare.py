@@ -174,3 +174,11 @@ def test_a_missing_store_is_not_created(tmp_path):
     with pytest.raises(TrackingError, match="no MLflow store at"):
         compare_runs(missing, run_refs=["0" * 32])
     assert not (tmp_path / "nope.db").exists()
+
+
+def test_numbers_are_rounded_to_four_significant_digits():
+    from fruitlab.tracking.compare import _number, param_text
+
+    assert [_number(v) for v in (0.9, 0.229166671633, 12.3456, None)] == ["0.9000", "0.2292", "12.35", "-"]
+    assert param_text("0.0003162277660168379") == "0.0003162" and param_text("0.0") == "0.0"
+    assert param_text("32") == "32" and param_text("adamw") == "adamw" and param_text("1e-05") == "1e-05"

@@ -195,6 +195,9 @@ def check_splits(
         start = time.perf_counter()
         report.near_duplicates = _near_duplicates(splits, entries, digests, data_dir, seed)
         report.seconds["near_duplicates"] = time.perf_counter() - start
+        from fruitlab.data.leaks import record_check  # it imports this module
+
+        record_check(report, splits.fingerprint, data_dir)  # fit tags its runs on this split with the result
     report.examples = _examples_per_class(splits, names[0])
     report.arrays = _arrays_shown(report, entries)
     return report

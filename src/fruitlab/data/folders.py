@@ -66,8 +66,9 @@ def read_split_folders(
     scan = scan_images(every, cache=scan_cache_path(root, data_dir))
     mismatched = scan.mismatched()
     if mismatched:
-        # Not a problem (we decode by content), but worth knowing when another tool reads the same files.
-        log.info(
+        # Not a problem (we decode by content); `fruitlab data check` reports it, and a dataset known to have it says
+        # so in its description (fruits_fresh_rotten), so a fit does not repeat it every run.
+        log.debug(
             "%d of %d files in %s have an extension that does not match their content",
             len(mismatched),
             len(every),

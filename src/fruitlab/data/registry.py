@@ -115,6 +115,7 @@ class DatasetSource:
     splits: tuple[str, ...]  # the dataset's own schemes; the first is the one `grouped` re-splits
     default_split: str  # one of `splits`, or GROUPED where the dataset's own schemes leak
     description: str
+    leaks: dict[str, str] = field(default_factory=dict)  # scheme -> its measured leak (copies across splits)
 
     @property
     def base_split(self) -> str:
@@ -126,11 +127,17 @@ _SOURCES: dict[str, DatasetSource] = {}
 
 
 def register_dataset(
-    name: str, splits: tuple[str, ...] = ("default",), default_split: str | None = None, description: str = ""
+    name: str,
+    splits: tuple[str, ...] = ("default",),
+    default_split: str | None = None,
+    description: str = "",
+    leaks: dict[str, str] | None = None,
 ) -> Callable[[Loader], Loader]:
     """Decorator: register `fn(request) -> RawData` as the dataset `name` with its split schemes.
 
     `default_split` may be GROUPED (every dataset has it): then `grouped` re-splits `splits[0]`.
+    `leaks`: split scheme -> its measured leak, for schemes known to put copies of one photo on both sides (fit tags
+    its runs on them as leaky, data/leaks.py).
     """
     default = default_split or splits[0]
     if default not in (*splits, GROUPED):
@@ -140,7 +147,7 @@ def register_dataset(
         old = _SOURCES.get(name)
         if old is not None and (old.loader.__module__, old.loader.__qualname__) != (fn.__module__, fn.__qualname__):
             raise ValueError(f"dataset {name!r} is already registered by {old.loader.__module__}")
-        _SOURCES[name] = DatasetSource(name, fn, tuple(splits), default, description)
+        _SOURCES[name] = DatasetSource(name, fn, tuple(splits), default, description, dict(leaks or {}))
         return fn
 
     return decorate

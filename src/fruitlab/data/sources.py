@@ -30,8 +30,13 @@ FRUITS_FOLDER = "fruits-fresh-rotten"  # the archive's top folder
         "2,715 train / 680 val with seed 42; dli: the NVIDIA assessment's split by source-photo name, 2,659 train / "
         "736 val - it LEAKS: `fruitlab data check` finds 207 val photos with a renamed, cropped or recoloured copy in "
         "train; folder: the archive's train/ and test/ (test/ serves as val and test) - it LEAKS: 81% of test "
-        "images are augmented copies of train photos"
+        "images are augmented copies of train photos. Every file is named .png but holds a JPEG: fruitlab decodes by "
+        "content, other tools may not"
     ),
+    leaks={  # fruitlab data check, benchmarks/data_check.md
+        "dli": "on the full dataset, 207 of 736 val images have a copy in train",
+        "folder": "on the full dataset, 573 of 672 test images (also the val split) have a copy in train",
+    },
 )
 def fruits_fresh_rotten(req: SourceRequest) -> RawData:
     root = _fruits_root(req)

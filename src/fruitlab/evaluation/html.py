@@ -17,6 +17,8 @@ import numpy as np
 
 SECTIONS = {  # id -> heading, in page order
     "summary": "Summary",
+    "shift": "Distribution shift",
+    "robustness": "Robustness to corruptions",
     "per-class": "Per-class precision, recall, F1",
     "confusion": "Confusion matrices",
     "calibration": "Calibration",
@@ -48,7 +50,7 @@ th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right} th:first-child,
 .grid{display:flex;flex-wrap:wrap;gap:10px} figure{margin:0;width:180px;font-size:.78em}
 figure img{width:180px;height:180px;object-fit:cover;display:block}
 figure.wrong{outline:3px solid #c33} figure.right{outline:3px solid #3a3} img.plot{max-width:100%}
-tr.chosen{background:#fff3c4}
+tr.chosen{background:#fff3c4} .leak{background:#fde2e2;border:2px solid #c33;padding:.5em;font-weight:bold}
 """
 
 
@@ -68,7 +70,9 @@ def render_report(report: dict[str, Any], figures: dict[str, bytes], galleries: 
         f"<h1>{_e(report['title'])}</h1>",
         _meta(report),
         "<nav>" + "".join(f'<a href="#{key}">{_e(name)}</a>' for key, name in SECTIONS.items()) + "</nav>",
-        _section("summary", _summary(report)),
+        _section("summary", _copies(report) + _summary(report)),
+        _section("shift", _shift(report)),
+        _section("robustness", _robustness(report)),
         _section("per-class", "".join(_per_class(t, report) for t in tasks)),
         _section("confusion", "".join(_figure(figures, f"confusion/{t}", t, tasks) for t in tasks)),
         _section("calibration", _calibration(report, figures, tasks)),
@@ -106,6 +110,77 @@ def _summary(report: dict[str, Any]) -> str:
         joint = f"<p>Joint accuracy (every task right): {_span('joint/acc', evaluation['joint_acc'])}</p>"
     extra = "".join(f"<p class='note'>{_e(line)}</p>" for line in report.get("notes", []))
     return f"<table>{head}{''.join(rows)}</table>{joint}{extra}"
+
+
+def _copies(report: dict[str, Any]) -> str:
+    """A loud box when the images copy training images (the figures are leaky); otherwise what was checked."""
+    copies = report.get("copies")
+    if not copies:
+        return "<p class='note'>Not checked for copies of training images (--no-copy-check).</p>"
+    if not copies["count"]:
+        found = "" if copies["count"] is None else "None of the images is a copy of a training image. "
+        return f"<p class='note'>{_e(found + copies['note'])}</p>"
+    pairs = "".join(f"<li>{_e(a)} copies {_e(b)}</li>" for a, b in copies["examples"])
+    return (
+        f"<div class='leak' data-metric='train_copies' data-value='{copies['count']}'>{_e(copies['warning'])}</div>"
+        f"<p class='note'>{_e(copies['note'])} For example:</p><ul class='note'>{pairs}</ul>"
+    )
+
+
+def _shift(report: dict[str, Any]) -> str:
+    shift = report.get("shift")
+    if not shift:
+        return (
+            "<p class='note'>Not run: <code>fruitlab evaluate --data FOLDER --shift</code> puts the figures on photos "
+            "from elsewhere (other cameras, backgrounds, light) beside those on the model's own val split.</p>"
+        )
+    sides = (("in-distribution", shift["in_distribution"]), ("distribution shift", shift["shifted"]))
+    tasks = list(shift["in_distribution"]["tasks"])
+    head = "<tr><th>data</th><th>n</th>" + "".join(
+        f"<th>{_e(t)} {name}</th>" for t in tasks for name in ("accuracy", "macro F1")
+    )
+    joint = shift["in_distribution"]["joint_acc"] is not None
+    head += ("<th>joint accuracy</th>" if joint else "") + "</tr>"
+    rows = []
+    for kind, side in sides:
+        cells = "".join(_num(f"shift/{kind}/{t}/{k}", side["tasks"][t][k]) for t in tasks for k in ("acc", "f1_macro"))
+        cells += _num(f"shift/{kind}/joint/acc", side["joint_acc"]) if joint else ""
+        rows.append(f"<tr><td>{_e(kind)}: {_e(side['data'])}</td><td>{side['n']}</td>{cells}</tr>")
+    note = (
+        "In-distribution: the model's own val split, split as in training. Distribution shift: the evaluated data, "
+        "which this whole report describes. The same model, TTA and temperature on both."
+    )
+    return f"<p class='note'>{note}</p><table>{head}{''.join(rows)}</table>"
+
+
+def _robustness(report: dict[str, Any]) -> str:
+    result = report.get("robustness")
+    if not result:
+        return (
+            "<p class='note'>Not run: <code>fruitlab evaluate --corruptions</code> scores the model on the same "
+            "images under noise, blur, JPEG, brightness, contrast, colour shift, rotation and crop.</p>"
+        )
+    severities = result["severities"]
+    head = "<tr><th>corruption</th><th>parameter</th>" + "".join(f"<th>severity {s}</th>" for s in severities)
+    head += "<th>mean</th></tr>"
+    blank = f"<td colspan='{len(severities)}'></td>"
+    rows = [f"<tr><td>clean</td><td></td>{blank}{_num('corrupt/clean/acc', result['clean']['acc'])}</tr>"]
+    for name, row in result["table"].items():
+        p = result["parameters"][name]
+        levels = ", ".join(f"{v:g}" for v in p["levels"])
+        cells = "".join(_num(f"corrupt/{name}/{s}/acc", row[s]["acc"]) for s in severities)
+        cells += _num(f"corrupt/{name}/mean/acc", row["mean"]["acc"])
+        rows.append(f"<tr><td>{_e(name)}</td><td>{_e(p['meaning'])}: {_e(levels)}</td>{cells}</tr>")
+    span = len(severities) + 1
+    mean = f"<tr><td>mean</td><td colspan='{span}'></td>{_num('corrupt/mean/acc', result['mean']['acc'])}</tr>"
+    what = "joint accuracy (every task right)" if len(result["mean"]["tasks"]) > 1 else "top-1 accuracy"
+    note = (
+        f"The {what} on {result['n']} of the images, each corrupted after decoding and before the model's "
+        "preprocessing, "
+        "in the spirit of ImageNet-C (Hendrycks &amp; Dietterich 2019). Seeded by image, corruption and severity: "
+        "the same pixels on every run. No TTA, no threshold."
+    )
+    return f"<p class='note'>{note}</p><table>{head}{''.join(rows)}{mean}</table>"
 
 
 def _per_class(task: str, report: dict[str, Any]) -> str:

@@ -76,7 +76,24 @@ def load_eval_data(
     data_dir: str | None = None,
 ) -> EvalData:
     cfg, plain = data_config(data, exp)
-    seed = exp.seed if exp else 42
+    return _eval_data(cfg, plain, split, model_tasks, exp.seed if exp else 42, data_dir)
+
+
+def load_model_data(
+    exp: Experiment, split: str, model_tasks: dict[str, list[str]], data_dir: str | None = None
+) -> EvalData:
+    """The model's own dataset, split exactly as in training (its run's experiment): in-distribution figures."""
+    return _eval_data(exp.data, False, split, model_tasks, exp.seed, data_dir)
+
+
+def _eval_data(
+    cfg: DataConfig,
+    plain: bool,
+    split: str | None,
+    model_tasks: dict[str, list[str]],
+    seed: int,
+    data_dir: str | None,
+) -> EvalData:
     loaded = load_dataset(cfg, seed=seed, data_dir=data_dir)
     name = f"{loaded.name} ({loaded.scheme})" if cfg.dataset != "image_folder" else str(cfg.root)
     if plain:

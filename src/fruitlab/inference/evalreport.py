@@ -111,3 +111,20 @@ def gradcam_tiles(predictor: Predictor, data: EvalData, probs: dict[str, np.ndar
         f"{N_CAM} wrong (red frame) predictions per task."
     )
     return out, note
+
+
+def shift_figures(
+    shifted: EvalData,
+    evaluation: dict[str, Any],
+    own: EvalData,
+    own_probs: dict[str, np.ndarray],
+    tasks: dict[str, list[str]],
+) -> dict[str, Any]:
+    """The headline figures of the shifted data and of the model's own val split, side by side, with their n."""
+    own_evaluation = evaluate_probabilities(own_probs, own.targets, tasks)
+
+    def side(data: EvalData, e: dict[str, Any]) -> dict[str, Any]:
+        figures = {t: headline(r) for t, r in e["tasks"].items()}
+        return {"data": f"{data.name}, {data.split}", "n": len(data), "tasks": figures, "joint_acc": e["joint_acc"]}
+
+    return {"in_distribution": side(own, own_evaluation), "shifted": side(shifted, evaluation)}

@@ -6,7 +6,7 @@ afterwards without another pass over the images.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -25,12 +25,18 @@ class Scores:
     flipped: dict[str, np.ndarray] | None = None  # the same for the horizontally mirrored inputs (TTA)
 
 
-def score(predictor: Predictor, items: Sequence[Any], tta: bool = False, batch_size: int = 32) -> Scores:
+Alter = Callable[[np.ndarray, int], np.ndarray]  # (decoded RGB image, its index in the items) -> RGB image
+
+
+def score(
+    predictor: Predictor, items: Sequence[Any], tta: bool = False, batch_size: int = 32, alter: Alter | None = None
+) -> Scores:
+    """`alter`: applied to each decoded image before the model's preprocessing (a corruption, robustness.py)."""
     chunks: list[dict[str, np.ndarray]] = []
     flipped: list[dict[str, np.ndarray]] = []
     with ThreadPoolExecutor(DECODE_THREADS) as pool:
         for start in range(0, len(items), batch_size):
-            x = model_inputs(predictor, items[start : start + batch_size], pool)  # (B, 3, S, S)
+            x = model_inputs(predictor, items[start : start + batch_size], pool, alter, start)  # (B, 3, S, S)
             chunks.append(_numpy(predictor.logits(x)))
             if tta:
                 flipped.append(_numpy(predictor.logits(x.flip(-1))))  # mirror left-right
@@ -49,13 +55,23 @@ def probabilities(scores: Scores, temperature: dict[str, float] | None = None, t
     return out
 
 
-def model_inputs(predictor: Predictor, items: Sequence[Any], pool: ThreadPoolExecutor | None = None) -> torch.Tensor:
-    """Items framed and normalised exactly as the model's validation images were: (B, 3, S, S)."""
+def model_inputs(
+    predictor: Predictor,
+    items: Sequence[Any],
+    pool: ThreadPoolExecutor | None = None,
+    alter: Alter | None = None,
+    first: int = 0,
+) -> torch.Tensor:
+    """Items framed and normalised exactly as the model's validation images were: (B, 3, S, S).
 
-    def load(item: Any) -> torch.Tensor:
-        return predictor.transform(load_rgb_array(item, predictor.min_side))
+    `alter(image, index)` changes each decoded image first; `first` is the index of items[0] in the whole set.
+    """
 
-    decoded = list(pool.map(load, items)) if pool else [load(item) for item in items]
+    def load(index: int) -> torch.Tensor:
+        image = load_rgb_array(items[index], predictor.min_side)
+        return predictor.transform(alter(image, first + index) if alter else image)
+
+    decoded = list(pool.map(load, range(len(items)))) if pool else [load(i) for i in range(len(items))]
     return torch.stack(decoded)
 
 

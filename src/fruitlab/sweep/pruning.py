@@ -3,15 +3,13 @@
 optuna-integration's `PyTorchLightningPruningCallback` imports `lightning.pytorch` (not the deprecated
 `pytorch_lightning` package, which an import contract forbids), so it is reused as is, DDP handling included.
 What this subclass adds: a clear error when the metric is not logged at all (the original only warns, so a typo
-would silently never prune), the values it saw (the trial's result is the best of them), the MLflow run id of the
-fit, and one progress line per epoch.
+would silently never prune), the values it saw (the trial's result is the best of them) and the MLflow run id of
+the fit. A trial prints nothing per epoch: the sweep prints one line per trial (trials.py).
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -21,21 +19,16 @@ from fruitlab.errors import SweepError
 
 
 class TrialPruning(PyTorchLightningPruningCallback):
-    def __init__(self, trial: optuna.Trial, monitor: str, direction: str, echo: Callable[[str], None] = print):
+    def __init__(self, trial: optuna.Trial, monitor: str, direction: str):
         super().__init__(trial, monitor)
         self.trial_number = trial.number
         self.maximize = direction == "maximize"
-        self.echo = echo
         self.values: dict[int, float] = {}  # epoch -> metric
         self.run_id: str | None = None
-        self._epoch_started = time.perf_counter()
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         super().on_fit_start(trainer, pl_module)
         self.run_id = getattr(trainer.logger, "run_id", None)
-
-    def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self._epoch_started = time.perf_counter()
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         if trainer.sanity_checking:
@@ -44,10 +37,7 @@ class TrialPruning(PyTorchLightningPruningCallback):
         if value is None:
             logged = sorted(k for k in trainer.callback_metrics if k.startswith("val/"))
             raise SweepError(f"sweep.metric {self.monitor!r} is not logged by this fit (logged: {', '.join(logged)})")
-        epoch = pl_module.current_epoch
-        self.values[epoch] = float(value)
-        seconds = time.perf_counter() - self._epoch_started
-        self.echo(f"  trial {self.trial_number} epoch {epoch + 1}: {self.monitor} {float(value):.4f} ({seconds:.1f} s)")
+        self.values[pl_module.current_epoch] = float(value)
         super().on_validation_end(trainer, pl_module)  # report; raises optuna.TrialPruned when the pruner says so
 
     def best(self) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,15 @@ from fruitlab.tracking import runs
 log = logging.getLogger(__name__)
 
 PLOTS = ("optimization_history", "param_importances", "parallel_coordinate")
+REPORT = "sweep/report.html"
+MIN_TRIALS_FOR_IMPORTANCE = 10  # below this, fANOVA importances mostly reflect which values the sampler tried
+REPORT_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body {{ font-family: system-ui, sans-serif; margin: 1rem; }} .warning {{ color: #a15c00; }}</style>
+</head><body><h1>{title}</h1>
+{body}
+</body></html>
+"""
 TABLE_ROWS = 5
 
 
@@ -103,22 +113,70 @@ def log_summary(client: MlflowClient, run_id: str, study: optuna.Study, summary:
 
 
 def log_plots(client: MlflowClient, run_id: str, study: optuna.Study) -> list[str]:
-    """Optuna's plots as self-contained HTML (plotly.js inside: they open offline, in the MLflow UI too)."""
-    import optuna.visualization as vis
-
-    logged = []
+    """Optuna's plots in one self-contained HTML file, `sweep/report.html`: plotly.js inside once (4.6 MB, not once
+    per plot), so it opens offline and in the MLflow UI's artifact view, which shows an HTML artifact alone (a
+    script beside it would not load there). Parameters carry short names (p1.lr, as in the trial table)."""
+    parts, complete = [], len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     for name in PLOTS:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "too few trials for importances": the plot is still worth having
-                figure = getattr(vis, f"plot_{name}")(study)
-                html = figure.to_html(include_plotlyjs=True, full_html=True)
+            figure = _plot(study, name)
         except Exception as exc:  # e.g. importances need two complete trials with different values
             log.info("no %s plot: %s", name, exc)
             continue
-        client.log_text(run_id, html, f"sweep/{name}.html")
-        logged.append(f"sweep/{name}.html")
-    return logged
+        note = ""
+        if name == "param_importances" and complete < MIN_TRIALS_FOR_IMPORTANCE:
+            note = importance_warning(complete)
+            log.warning("%s", note)
+        first = not parts
+        html = figure.to_html(include_plotlyjs=first, full_html=False)
+        parts.append((f'<p class="warning">{note}</p>' if note else "") + html)
+    if not parts:
+        return []
+    page = REPORT_PAGE.format(title=f"study {study.study_name}", body="\n".join(parts))
+    client.log_text(run_id, page, REPORT)
+    return [REPORT]
+
+
+def importance_warning(complete: int) -> str:
+    return (
+        f"parameter importances from {complete} complete trials (fewer than {MIN_TRIALS_FOR_IMPORTANCE}): "
+        "too few to tell which parameter matters; run more trials before trusting them"
+    )
+
+
+def _plot(study: optuna.Study, name: str) -> Any:
+    """One of Optuna's plots, its parameter names shortened (finetune.phases.1.optimizer.lr -> p1.lr)."""
+    import optuna.visualization as vis
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's own "too few trials" warnings: importance_warning says it once
+        figure = getattr(vis, f"plot_{name}")(study)
+    if name == "parallel_coordinate":
+        _shorten_axes(figure, study)
+    elif name == "param_importances":
+        for bar in figure.data:
+            bar.y = tuple(short_key(str(label)) for label in bar.y)
+            bar.hovertemplate = tuple(_shorten_names(str(text)) for text in bar.hovertemplate)
+    return figure
+
+
+def _shorten_names(text: str) -> str:
+    return re.sub(r"[\w.]+", lambda match: short_key(match.group(0)), text)
+
+
+def _shorten_axes(figure: Any, study: optuna.Study) -> None:
+    """Optuna draws the axes as ticks named by the objective, then the parameters sorted by name, each cut to 17
+    characters ("finetune.phases.1..."): name them again, in full and short, on the axis and in the hover text."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    keys = sorted({key for trial in complete for key in trial.params})
+    ticks = list(figure.layout.xaxis.ticktext or [])
+    if len(ticks) != len(keys) + 1:  # another layout than the one described: leave Optuna's names
+        return
+    labels = [ticks[0], *(short_key(key) for key in keys)]
+    figure.layout.xaxis.ticktext = labels
+    for trace in figure.data:
+        if trace.customdata is not None and len(trace.customdata) == len(labels):
+            trace.customdata = [[label, value] for label, (_, value) in zip(labels, trace.customdata, strict=True)]
 
 
 def best_table(study: optuna.Study, metric: str, rows: int = TABLE_ROWS) -> str:

@@ -87,25 +87,26 @@ def run_sweep(
     check_backbone_name(exp.model.backbone, exp.where("model.backbone"))
     resolve_split(get_source(exp.data.dataset, exp.where("data.dataset")), exp.data.split, exp.where("data.dataset"))
 
-    # 2. Storage and study; the study's parent run in MLflow.
-    uri = runs.tracking_uri(exp.tracking.uri)
-    url = storage or default_storage(uri)
-    name = study_name or exp.name
-    ctx = TrialRunner(exp, sweep, name, uri, data_dir, echo)
-    backend = open_storage(url, on_stale=ctx.on_stale)
-    study, ctx.parent_run_id = _open_study(exp, sweep, name, backend, url, uri)
-    echo(f"study {name!r} in {redact(url)}: parent run {ctx.parent_run_id}, MLflow experiment {ctx.experiment!r}")
-
-    # 3. Trials a killed worker left behind: failed, with their MLflow runs, and queued again.
-    for trial in fail_dead_workers(backend, study):
-        ctx.record(trial.number, "failed", None, "its worker process died", interrupted="worker died")
-    for number in retry_interrupted(study):
-        echo(f"trial {number} was interrupted: queued again with the same parameters")
-
-    # 4. Trials until the study holds `sweep.trials` (all workers together) or this worker's time is up.
-    deadline = time.monotonic() + sweep.timeout if sweep.timeout else None
-    status = "FINISHED"
+    # Optuna's INFO lines (a study created, each trial finished) and per-trial chatter off; warnings stay.
     with _quiet():
+        # 2. Storage and study; the study's parent run in MLflow.
+        uri = runs.tracking_uri(exp.tracking.uri)
+        url = storage or default_storage(uri)
+        name = study_name or exp.name
+        ctx = TrialRunner(exp, sweep, name, uri, data_dir, echo)
+        backend = open_storage(url, on_stale=ctx.on_stale)
+        study, ctx.parent_run_id = _open_study(exp, sweep, name, backend, url, uri)
+        echo(f"study {name!r} in {redact(url)}: parent run {ctx.parent_run_id}, MLflow experiment {ctx.experiment!r}")
+
+        # 3. Trials a killed worker left behind: failed, with their MLflow runs, and queued again.
+        for trial in fail_dead_workers(backend, study):
+            ctx.record(trial.number, "failed", None, "its worker process died", interrupted="worker died")
+        for number in retry_interrupted(study):
+            echo(f"trial {number} was interrupted: queued again with the same parameters")
+
+        # 4. Trials until the study holds `sweep.trials` (all workers together) or this worker's time is up.
+        deadline = time.monotonic() + sweep.timeout if sweep.timeout else None
+        status = "FINISHED"
         try:
             while _more_trials(study, sweep.trials):
                 if deadline is not None and time.monotonic() >= deadline:
@@ -123,7 +124,7 @@ def run_sweep(
             result = _finish(study, ctx, status, url)
             echo(result.summary.line())
             echo(result.table)
-    return result
+        return result
 
 
 def _open_study(

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import optuna
-from lightning.pytorch.callbacks import ModelSummary
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial
 
@@ -54,9 +53,6 @@ class TrialRunner:
     def objective(self, trial: optuna.Trial) -> float:
         trial.set_user_attr(WORKER_ATTR, worker_id())
         params = suggest(trial, self.sweep.params)
-        retry = trial.user_attrs.get(RETRY_ATTR)
-        again = f" (retry of trial {retry})" if retry is not None else ""
-        self.echo(f"trial {trial.number}{again}: {report.format_params(params)}")
         fixed = {k: v for k, v in self.fixed.items() if k not in params}
         fixed["tracking.run_name"] = f"{self.study_name} #{trial.number}"
         tags = {
@@ -65,14 +61,13 @@ class TrialRunner:
             "fruitlab.trial_number": str(trial.number),
             "fruitlab.trial_state": "running",
         }
-        pruning = TrialPruning(trial, self.sweep.metric, self.sweep.direction, self.echo)
+        pruning = TrialPruning(trial, self.sweep.metric, self.sweep.direction)
         started = time.perf_counter()
         state, error, interrupted = "failed", None, None
         try:
             exp = trial_experiment(self.exp, {**params, **fixed})
             trial.set_user_attr("fruitlab.max_epochs", exp.total_epochs)
-            no_summary = ModelSummary(max_depth=0)  # Lightning's layer table, once per trial, says nothing new
-            fit(exp, data_dir=self.data_dir, callbacks=[pruning, no_summary], tags=tags)
+            fit(exp, data_dir=self.data_dir, callbacks=[pruning], tags=tags)
             value = pruning.best()
             state = "complete"
             return value
@@ -92,9 +87,12 @@ class TrialRunner:
             trial.set_user_attr("fruitlab.seconds", round(seconds, 1))
             run_id = self.record(trial.number, state, pruning.run_id, error, interrupted)
             trial.set_user_attr("fruitlab.run_id", run_id)
-            self.echo(self._outcome(trial.number, state, pruning, seconds, run_id, error))
+            self.echo(self._outcome(trial, state, pruning, seconds, run_id, error, params))
 
-    def _outcome(self, number: int, state: str, pruning: TrialPruning, seconds: float, run: str, error: Any) -> str:
+    def _outcome(
+        self, trial: optuna.Trial, state: str, pruning: TrialPruning, seconds: float, run: str, error: Any, params: Any
+    ) -> str:
+        """The one line a trial prints, when it ends: what came out, what it cost, what it tried."""
         epochs = len(pruning.values)
         if state == "complete":
             what = f"complete: {self.sweep.metric} {pruning.best():.4f}"
@@ -102,7 +100,10 @@ class TrialRunner:
             what = f"pruned after epoch {epochs}"
         else:
             what = f"failed: {str(error).strip().splitlines()[-1]}"
-        return f"trial {number} {what} ({epochs} epochs, {seconds:.0f} s, run {run})"
+        retry = trial.user_attrs.get(RETRY_ATTR)
+        again = f" (retry of trial {retry})" if retry is not None else ""
+        cost = f"{epochs} epochs, {seconds:.0f} s, run {run[:8]}"
+        return f"trial {trial.number}{again} {what} ({cost})  {report.format_params(params)}"
 
     def record(
         self, number: int, state: str, run_id: str | None, error: str | None, interrupted: str | None = None

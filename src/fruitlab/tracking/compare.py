@@ -1,7 +1,8 @@
 """Runs side by side: metrics, key params, durations and status, and their per-epoch learning curves.
 
-Everything comes from MLflow. Lightning logs each epoch's metrics at the trainer's global step and logs `epoch` at
-the same step, so that history turns steps into epochs; `phase` marks where a fine-tuning phase begins. The runs
+Everything comes from MLflow. fit logs each epoch's metrics at step = epochs trained (1, 2, ...); runs of older fruitlab
+versions logged them at Lightning's global step with an `epoch` metric at the same step, whose history turns those
+steps into epochs. `phase` marks where a fine-tuning phase begins. The runs
 are named (see tracking/refs.py) or the top K of an experiment by a metric. Rendering (terminal table, PNG, HTML)
 is in tracking/compare_report.py.
 """
@@ -97,7 +98,7 @@ class Comparison:
             values = [r.metrics.get(key) for r in self.runs]
             rows.append(Row("metrics", key, [_number(v) for v in values], _best(values, maximize(key))))
         for key in self.param_keys():
-            rows.append(Row("params", short_key(key), [r.params.get(key, "-") for r in self.runs]))
+            rows.append(Row("params", short_key(key), [param_text(r.params.get(key, "-")) for r in self.runs]))
         return rows
 
     def param_keys(self) -> list[str]:
@@ -134,7 +135,7 @@ def compare_runs(
         title = f"top {len(found)} of {name} by {metric}"
         slug = f"{_safe(name)}-top{top}"
     names = {e.experiment_id: e.name for e in client.search_experiments()}
-    summaries = [_summary(client, run, names.get(run.info.experiment_id, "?")) for run in found]
+    summaries = [run_summary(client, run, names.get(run.info.experiment_id, "?")) for run in found]
     return Comparison(summaries, title, slug, uri)
 
 
@@ -177,7 +178,8 @@ def _check_store(uri: str) -> None:
             raise TrackingError(f"no MLflow store at {uri} ({path.resolve()} does not exist); check --tracking-uri")
 
 
-def _summary(client: MlflowClient, run: Run, experiment: str) -> RunSummary:
+def run_summary(client: MlflowClient, run: Run, experiment: str) -> RunSummary:
+    """A run's metrics, params and curves per epoch (also `phase`, the fine-tuning phase of each epoch)."""
     info, data = run.info, run.data
     summary = RunSummary(
         run_id=info.run_id,
@@ -194,7 +196,7 @@ def _summary(client: MlflowClient, run: Run, experiment: str) -> RunSummary:
     for key in wanted:
         summary.curves[key] = _per_epoch(client.get_metric_history(info.run_id, key), epoch_at)
     if "phase" in data.metrics:
-        phases = _per_epoch(client.get_metric_history(info.run_id, "phase"), epoch_at)
+        phases = summary.curves["phase"] = _per_epoch(client.get_metric_history(info.run_id, "phase"), epoch_at)
         summary.phase_starts = [e for (e, p), (_, before) in zip(phases[1:], phases, strict=False) if p != before]
     return summary
 
@@ -202,8 +204,8 @@ def _summary(client: MlflowClient, run: Run, experiment: str) -> RunSummary:
 def _per_epoch(history: list[Any], epoch_at: dict[int, int]) -> list[tuple[int, float]]:
     """[(epoch, value)] sorted by epoch; a value logged twice for one epoch (a resumed run) keeps the later one."""
     points: dict[int, tuple[int, float]] = {}
-    for i, m in enumerate(sorted(history, key=lambda m: (m.step, m.timestamp))):
-        epoch = epoch_at.get(m.step, i + 1)  # no `epoch` metric: one value per epoch, in order
+    for m in sorted(history, key=lambda m: (m.step, m.timestamp)):
+        epoch = epoch_at.get(m.step, m.step)  # without an `epoch` metric the step is the epoch
         if epoch not in points or m.timestamp >= points[epoch][0]:
             points[epoch] = (m.timestamp, float(m.value))
     return [(e, v) for e, (_, v) in sorted(points.items())]
@@ -217,7 +219,19 @@ def _best(values: list[float | None], high: bool) -> int | None:
 
 
 def _number(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
+    """A metric to 4 significant digits, trailing zeros kept so a column lines up: 0.9000, 0.2292, 12.35."""
+    return "-" if value is None else f"{value:#.4g}"
+
+
+def param_text(value: str) -> str:
+    """A param as MLflow stores it (a string), a float cut to 4 significant digits where it has more
+    (0.0003162277660168379 -> 0.0003162); anything else as it is."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    short = f"{number:.4g}"
+    return value if float(short) == number else short
 
 
 def _time(ms: int | None) -> str:

@@ -44,19 +44,30 @@ def client_for(uri: str) -> MlflowClient:
 
 
 def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The MLflow experiment's id, created if new; either way marked as model training (tags.EXPERIMENT_KIND),
+    unless someone chose another kind for it in the UI."""
     existing = client.get_experiment_by_name(name)
     if existing is not None:
+        if tags.EXPERIMENT_KIND not in existing.tags:
+            client.set_experiment_tag(existing.experiment_id, tags.EXPERIMENT_KIND, tags.MODEL_TRAINING)
         return existing.experiment_id
     # With a local store, artifacts go to ./mlruns next to mlflow.db (explicitly: MLflow's own default moved).
     location = Path(ARTIFACT_DIR).resolve().as_uri() if is_local_store(uri) else None
     try:
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(
+            name, artifact_location=location, tags={tags.EXPERIMENT_KIND: tags.MODEL_TRAINING}
+        )
     except MlflowException:
         # Another process (a second sweep worker) created it between our look-up and our create.
         existing = client.get_experiment_by_name(name)
         if existing is None:
             raise
         return existing.experiment_id
+
+
+def ui_url(base: str) -> str:
+    """The MLflow UI's experiment list in its model-training mode (MLflow 3 opens in GenAI mode otherwise)."""
+    return f"{base.rstrip('/')}/#/experiments?workflowType=machine_learning"
 
 
 def git_commit() -> str:
@@ -80,8 +91,13 @@ def start_run(exp: Experiment, uri: str, extra_tags: dict[str, str]) -> str:
         **extra_tags,
     }
     run = client.create_run(experiment_id, run_name=exp.tracking.run_name, tags=all_tags)
-    log_config(client, run.info.run_id, exp)
-    return run.info.run_id
+    run_id = run.info.run_id
+    if not exp.tracking.run_name:
+        # MLflow's generated names come from `random`, which fit has just seeded: every fit with the same seed
+        # would be called the same. The run id is random whatever the seed.
+        client.update_run(run_id, name=f"{exp.name}-{run_id[:8]}")
+    log_config(client, run_id, exp)
+    return run_id
 
 
 def reopen_run(uri: str, run_id: str) -> MlflowClient:
@@ -141,13 +157,31 @@ def log_config(client: MlflowClient, run_id: str, exp: Experiment) -> None:
     client.log_text(run_id, dump_yaml(exp), CONFIG_ARTIFACT)
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+def log_metrics(
+    client: MlflowClient,
+    run_id: str,
+    metrics: dict[str, float],
+    step: int = 0,
+    model_id: str | None = None,
+    dataset: tuple[str, str] | None = None,
+) -> None:
+    """`model_id`, `dataset` (name, digest): scores of a logged model on a dataset, shown with both in MLflow."""
     import time
 
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    name, digest = dataset or (None, None)
+    batch = [Metric(k, float(v), now, step, model_id, name, digest) for k, v in metrics.items()]
     for i in range(0, len(batch), 1000):
         client.log_batch(run_id, metrics=batch[i : i + 1000])
+
+
+def log_batch(client: MlflowClient, run_id: str, metrics: dict[str, float], tags: dict[str, Any]) -> None:
+    """Metrics (step 0, now) and tags in one call."""
+    import time
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    client.log_batch(run_id, metrics=batch, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:

@@ -6,7 +6,16 @@ serve, compare, promote); defined here once, so that the two cannot drift apart.
 
 from __future__ import annotations
 
+# On an MLflow experiment fruitlab creates: MLflow's own tag for the kind of work (model training, not GenAI).
+# MLflow 3.17's UI reads it where its GenAI/Model training switch is off; with the switch on, the URL's
+# `workflowType` picks the mode (tracking/runs.py: ui_url), so fruitlab sets both.
+EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+
 # On a fit run
+NOTE = "mlflow.note.content"  # MLflow's run description (markdown): the recipe, split, data and headline metrics
+PHASES = "fruitlab.phases"  # the fine-tuning phases as run: "head: epochs 1-3; top: epochs 4-6"
+PHASE = "fruitlab.phase"  # the phase the run is in (while it trains) or ended in
 VERSION = "fruitlab.version"  # the fruitlab that ran it
 EXPERIMENT_FILE = "fruitlab.experiment_file"
 BACKBONE = "fruitlab.backbone"
@@ -19,6 +28,10 @@ CHECKPOINT_DIR = "fruitlab.checkpoint_dir"
 BEST_CHECKPOINT = "fruitlab.best_checkpoint"
 MODEL_URI = "fruitlab.model_uri"  # the model the run logged: models:/m-...
 ROLE = "fruitlab.role"  # 'sweep' on a study's parent run
+SPLIT = "fruitlab.split"  # the split scheme used (data.split, or the dataset's default when it is unset)
+SPLIT_LEAK_FREE = "fruitlab.split.leak_free"  # true | false | unknown: do copies of a photo span train and val/test?
+SPLIT_COPIES_ACROSS = "fruitlab.split.copies_across"  # val/test images with a copy in an earlier split (if known)
+SPLIT_LEAK_SOURCE = "fruitlab.split.leak_source"  # how the leak status is known, or how to find it out
 
 # On an evaluation run (and its source run)
 RUN_KIND = "fruitlab.run_kind"  # 'evaluation'; fit runs carry no such tag
@@ -26,6 +39,8 @@ SOURCE_RUN = "fruitlab.source_run_id"  # the run that trained the evaluated mode
 EVALUATED_MODEL = "fruitlab.evaluated_model"  # the model reference as the user gave it
 LOGGED_MODEL_ID = "fruitlab.logged_model_id"
 LAST_EVALUATION = "fruitlab.last_evaluation_run_id"  # on the source run: its latest evaluation
+TRAIN_COPIES = "fruitlab.evaluation.train_copies"  # evaluated images that copy a training image; 'unchecked'
+IN_DISTRIBUTION = "fruitlab.evaluation.in_distribution"  # --shift: the model's own data the figures sit beside
 
 # On a logged model
 TEMPERATURE = "fruitlab.temperature"  # JSON {task: T}

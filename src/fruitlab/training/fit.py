@@ -19,15 +19,19 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from fruitlab.config import Experiment
 from fruitlab.data.balance import class_weights
+from fruitlab.data.fetch import resolve_data_dir
+from fruitlab.data.leaks import leak_status
 from fruitlab.data.registry import DatasetSplits, load_dataset
 from fruitlab.errors import TrackingError
 from fruitlab.inference.model_format import log_classifier
 from fruitlab.models.classifier import build_classifier
 from fruitlab.models.names import check_backbone_name
-from fruitlab.tracking import runs, tags
+from fruitlab.names import FIT_SECONDS
+from fruitlab.tracking import run_page, runs, tags
 from fruitlab.training.cached_data import PhasedDataModule
 from fruitlab.training.featurecache import FeatureCache
-from fruitlab.training.final_evaluation import evaluate_best, summary_metrics
+from fruitlab.training.final_evaluation import LastValidation, evaluate_best, summary_metrics
+from fruitlab.training.first_step import FirstStepTimer
 from fruitlab.training.module import ClassifierModule
 from fruitlab.training.phases import PhaseEarlyStopping, PhasePlan, PhaseSchedule
 
@@ -97,31 +101,40 @@ def _fit(
 
     # 4. Tracking: one run per fit (the same run again on --resume).
     uri = runs.tracking_uri(exp.tracking.uri)
-    run_tags = {**_run_tags(exp, splits, weights), **(extra_tags or {})}
+    run_tags = {**_run_tags(exp, splits, weights), **_split_tags(splits, data_dir), **(extra_tags or {})}
     run_id = _open_run(exp, uri, run_tags, resume_run_id)
     if rank_zero_only.rank == 0:
         log.info("MLflow run %s, experiment %r, tracking %s", run_id, exp.tracking.experiment or exp.name, uri)
     checkpoint_dir = CHECKPOINT_ROOT / run_id
 
     # 5. Callbacks and trainer; the trainer settings pass straight through to Lightning.
-    trainer, checkpoint = _trainer(exp, uri, run_id, checkpoint_dir, extra_callbacks)
+    last_validation = LastValidation()  # the final evaluation reuses it when the last epoch is the best
+    own = [FirstStepTimer(started), last_validation, *(extra_callbacks or [])]
+    trainer, checkpoint = _trainer(exp, uri, run_id, checkpoint_dir, own)
 
     # 6. Train (or continue training).
     _train(trainer, module, datamodule, _resume_checkpoint(checkpoint_dir) if resume_run_id else None, uri, run_id)
     if trainer.global_rank != 0:
         return FitResult(run_id=run_id, tracking_uri=uri)
 
-    # 7. Evaluate the best checkpoint on val (and test), log it and the model.
+    # 7. Evaluate the best checkpoint on val (and test); log the model, its scores (linked to it and the data).
     client = runs.client_for(uri)
-    best, reports = evaluate_best(client, run_id, module, checkpoint, datamodule)
+    best, reports, scores = evaluate_best(client, run_id, module, checkpoint, datamodule, last_validation)
     result = FitResult(run_id=run_id, tracking_uri=uri, metrics=summary_metrics(reports), reports=reports)
-    runs.set_tags(client, run_id, {tags.CHECKPOINT_DIR: str(checkpoint_dir.resolve()), tags.BEST_CHECKPOINT: best})
+    final_tags = {tags.CHECKPOINT_DIR: str(checkpoint_dir.resolve()), tags.BEST_CHECKPOINT: best}
+    data = _data_used(exp, splits)
+    run_page.log_dataset(client, run_id, data)
+    model_id = None
     if exp.tracking.log_model:
         example = datamodule.dataset("val")[0][0].unsqueeze(0)
-        result.model_uri = log_classifier(model, run_id, example)
-        runs.set_tags(client, run_id, {tags.MODEL_URI: result.model_uri})
+        result.model_uri = final_tags[tags.MODEL_URI] = log_classifier(model, run_id, example)
+        model_id = result.model_uri.removeprefix("models:/")
+    runs.log_metrics(client, run_id, scores, model_id=model_id, dataset=(data.name, data.fingerprint))
+
+    # 8. The run page: phases, learning curves, a description; then the run is done.
+    run_page.describe(client, run_id, exp, data, result.metrics, weights)
     result.seconds = time.perf_counter() - started
-    runs.log_metrics(client, run_id, {"fit_seconds": result.seconds})
+    runs.log_batch(client, run_id, {FIT_SECONDS: result.seconds}, final_tags)  # one write for the run's last facts
     runs.finish_run(client, run_id, "FINISHED")
     return result
 
@@ -163,6 +176,28 @@ def _run_tags(exp: Experiment, splits: Any, weights: str) -> dict[str, str]:
     }
 
 
+def _split_tags(splits: Any, data_dir: str | None) -> dict[str, str]:
+    """The split scheme and whether its val/test figures can be trusted (data/leaks.py: from what is known)."""
+    status = leak_status(splits, resolve_data_dir(data_dir))
+    if status.leak_free is False and rank_zero_only.rank == 0:
+        log.warning("warning: split %r leaks (%s): its val figures are inflated", splits.scheme, status.source)
+    out = {tags.SPLIT: splits.scheme, tags.SPLIT_LEAK_FREE: status.label, tags.SPLIT_LEAK_SOURCE: status.source}
+    if status.copies_across is not None:
+        out[tags.SPLIT_COPIES_ACROSS] = str(status.copies_across)
+    return out
+
+
+def _data_used(exp: Experiment, splits: Any) -> run_page.DataUsed:
+    return run_page.DataUsed(
+        dataset=exp.data.dataset,
+        split=splits.scheme or str(exp.data.split),
+        root=splits.root,
+        fingerprint=splits.fingerprint,
+        counts=splits.counts(),
+        classes=splits.num_classes,
+    )
+
+
 def _trainer(
     exp: Experiment, uri: str, run_id: str, checkpoint_dir: Path, extra_callbacks: list[Any] | None
 ) -> tuple[L.Trainer, ModelCheckpoint]:
@@ -193,6 +228,9 @@ def _trainer(
         # Each epoch asks the data module for its loaders: a phase served from the feature cache gets cached
         # tensors, the others images (the image loaders are kept, so persistent workers stay up).
         reload_dataloaders_every_n_epochs=1 if exp.performance.feature_cache != "off" else 0,
+        # Lightning's layer table (with a FLOPs column of zeros: it has no example input); each phase says how
+        # many parameters train instead (ClassifierModule.announce_phase).
+        enable_model_summary=False,
         **_trainer_kwargs(exp),
     )
 

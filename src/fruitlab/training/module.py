@@ -109,12 +109,15 @@ class ClassifierModule(L.LightningModule):
         return self
 
     def announce_phase(self, counts: dict[str, int], resumed: bool = False) -> None:
+        trainable = counts["backbone_trainable"] + counts["head"]
         log.info(
-            "%sphase %d/%d %r: training %s of %s backbone parameters + %s head parameters",
+            "%sphase %d/%d %r: %s of %s parameters train (backbone %s of %s, head %s)",
             "resumed from the checkpoint in " if resumed else "",
             self.plan.index + 1,
             len(self.plan.phases),
             self.plan.label(),
+            f"{trainable:,}",
+            f"{counts['backbone_total'] + counts['head']:,}",
             f"{counts['backbone_trainable']:,}",
             f"{counts['backbone_total']:,}",
             f"{counts['head']:,}",
@@ -125,7 +128,8 @@ class ClassifierModule(L.LightningModule):
         return self.plan.build_optimizer(self.model, extra=extra)
 
     # --- steps --------------------------------------------------------------------------------------------
-    def _step(self, batch: tuple[torch.Tensor, Any], stage: str) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, Any], stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the objective, the logits {task: (N, C_task)})."""
         images, target = batch
         perm, lam = None, 1.0
         if stage == "train" and self.augment is not None and self.augment.mixing:
@@ -156,19 +160,20 @@ class ClassifierModule(L.LightningModule):
             joint = self.joint[f"{stage}_joint"]
             joint.update(right)
             self.log(metric_key(stage, JOINT, "acc"), joint, on_step=False, on_epoch=True, prog_bar=True, batch_size=n)
-        return objective
+        return objective, logits
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._step(batch, "val")
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._step(batch, "val")[1]  # the logits, for callbacks (final_evaluation.LastValidation)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "test")
 
     def on_train_epoch_start(self) -> None:
         # Phase markers and learning rates, one point per epoch.
+        self._log_epoch_as_step()
         self.log("phase", float(self.plan.index), on_step=False, on_epoch=True)
         optimizer = self.optimizers(use_pl_optimizer=False)
         for group in optimizer.param_groups:
@@ -177,3 +182,13 @@ class ClassifierModule(L.LightningModule):
         if self.multitask:  # the weight each task's loss gets this epoch (fixed, or learned)
             for task, weight in self.loss_fn.weights().items():
                 self.log(f"loss_weight/{task}", weight, on_step=False, on_epoch=True)
+
+    def on_validation_epoch_start(self) -> None:
+        self._log_epoch_as_step()
+
+    def _log_epoch_as_step(self) -> None:
+        """Per-epoch curves are logged at step = epochs trained (1 after the first epoch), so MLflow plots them
+        against epochs, numbered as `fruitlab compare` and the run's learning_curves.png number them. Lightning
+        takes a logged `step` as the step of everything logged with it; a per-step metric (on_step=True) would
+        keep the global step, since `step` is logged per epoch only."""
+        self.log("step", float(self.current_epoch + 1), on_step=False, on_epoch=True)

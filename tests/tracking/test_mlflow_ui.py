@@ -1,0 +1,128 @@
+"""The MLflow UI in a real browser (Debian's chromium, headless) on a real `mlflow server` over a store holding two
+fruitlab fits of the same experiment and seed: model-training mode, two run names, curves against epochs.
+
+Screenshots go to the test's tmp dir; with FRUITLAB_SCREENSHOTS=/some/dir they are copied there too (docs/ holds
+three of them).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import requests
+from mlflow.tracking import MlflowClient
+
+from fruitlab.config import load_experiment
+from fruitlab.tracking.runs import ui_url
+from fruitlab.training.fit import fit
+from tests.browser import chromium, keep, wait
+from tests.conftest import SMOKE_EXPERIMENT, write_experiment
+
+LOAD_S = 180  # the UI's first page load on a busy 2-core machine
+# Two epochs in the first phase, one in the second: three points per curve.
+EXPERIMENT = SMOKE_EXPERIMENT.replace("{name: head, epochs: 1", "{name: head, epochs: 2")
+GENAI_ONLY = ("Judges", "Evaluation runs", "Prompts & versions")  # the GenAI mode's sidebar
+
+
+@pytest.fixture(scope="module")
+def two_fits(tmp_path_factory, fruit_data_dir):
+    work = tmp_path_factory.mktemp("ui")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        exp = load_experiment(str(write_experiment(work / "tiny.yaml", EXPERIMENT)))
+        results = [fit(exp, data_dir=str(fruit_data_dir)) for _ in range(2)]  # the same seed twice
+    client = MlflowClient(uri)
+    experiment_id = client.get_run(results[0].run_id).info.experiment_id
+    return uri, experiment_id, [client.get_run(r.run_id) for r in results]
+
+
+@contextmanager
+def mlflow_server(uri: str) -> Iterator[str]:
+    """`mlflow server` (what `mlflow ui` and `fruitlab ui` start) on a free port of 127.0.0.1."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1"]
+    proc = subprocess.Popen([*cmd, "--port", str(port), "--workers", "1"], stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300  # minutes on a loaded 2-core machine
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            try:
+                if requests.get(f"{base}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def page_text(driver) -> str:
+    return driver.execute_script("return document.body.innerText")
+
+
+def genai_words(driver) -> list[str]:
+    return [word for word in GENAI_ONLY if word in page_text(driver)]
+
+
+@pytest.mark.slow
+def test_mlflow_ui_shows_model_training_two_run_names_and_epoch_curves(two_fits, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    uri, experiment_id, fit_runs = two_fits
+    names = [r.info.run_name for r in fit_runs]
+    assert len(set(names)) == 2 and all(n.startswith("tiny-") for n in names)  # same seed, distinct names
+    with mlflow_server(uri) as base, chromium(1400, 900) as driver:
+        # The link `fruitlab ui` prints: the experiment list in model-training mode.
+        driver.get(ui_url(base))
+        wait(driver, lambda d: d.find_elements(By.LINK_TEXT, "tiny") and not genai_words(d), LOAD_S)
+
+        # The experiment's runs: both fits by name, the model-training sidebar (Runs, Models), no GenAI pages.
+        driver.get(f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+        wait(driver, lambda d: all(d.find_elements(By.LINK_TEXT, n) for n in names), LOAD_S)
+        # the Datasets column (the dataset input) fills in after the names
+        wait(driver, lambda d: "fruits_fresh_rotten (dli)" in page_text(d), LOAD_S)
+        text = page_text(driver)
+        assert "Model training" in text and "Runs" in text and "Models" in text
+        assert genai_words(driver) == []
+        driver.save_screenshot(str(tmp_path / "mlflow-runs.png"))
+
+        # A run's curves: x is the epoch (1, 2, 3), not Lightning's global step (5, 10, 15 here).
+        run_id = fit_runs[0].info.run_id
+        driver.get(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics?workflowType=machine_learning")
+        search = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "input[placeholder*='Search metric']"), LOAD_S)
+        search.send_keys("loss")
+        ticks = wait(driver, lambda d: _x_ticks(d), LOAD_S)
+        assert set(ticks) <= {"1", "1.5", "2", "2.5", "3"} and {"1", "3"} <= set(ticks), ticks
+        driver.save_screenshot(str(tmp_path / "mlflow-curves.png"))
+
+        # The run's overview: its description (the recipe as it ran, the split, the fingerprint, the scores).
+        driver.get(f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning")
+        wait(driver, lambda d: "score of the best checkpoint" in page_text(d), LOAD_S)
+        text = page_text(driver)
+        assert fit_runs[0].data.tags["fruitlab.dataset_fingerprint"] in text and "epochs run" in text
+        note = driver.find_element(By.XPATH, "//*[contains(text(), 'score of the best checkpoint')]")
+        driver.execute_script("arguments[0].scrollIntoView({block: 'end'})", note)
+        driver.save_screenshot(str(tmp_path / "mlflow-overview.png"))
+    for shot in ("mlflow-runs.png", "mlflow-curves.png", "mlflow-overview.png"):
+        keep(tmp_path / shot)
+
+
+def _x_ticks(driver) -> list[str] | None:
+    """The x-axis tick labels of the line charts shown (plotly draws them as SVG text), once they are drawn."""
+    from selenium.webdriver.common.by import By
+
+    ticks = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "g.xtick text") if e.text]
+    return ticks or None
