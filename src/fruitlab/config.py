@@ -218,6 +218,13 @@ class OptimizerConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop only")
     nesterov: bool = False
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="layer-wise lr decay (timm's param_groups_layer_decay, as BEiT/ViT fine-tuning): the backbone's "
+        "top layer trains at backbone_lr (or lr), each layer below at layer_decay x the one above; None = one rate",
+    )
 
 
 class ScheduleConfig(Strict):
