@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 
 from fruitlab.config import Experiment
@@ -168,6 +168,11 @@ def _trainer(
         auto_insert_metric_name=False,
     )
     callbacks: list[Any] = [PhaseSchedule(), checkpoint, *(extra_callbacks or [])]
+    if exp.finetune.ema is not None:
+        # Swaps the averaged weights in for validation, writes them as the checkpoints' state_dict (the current
+        # ones under current_model_state, for --resume) and copies them into the model when training ends.
+        ema = exp.finetune.ema
+        callbacks.append(EMAWeightAveraging(decay=ema.decay, update_starting_at_step=ema.start_step))
     if exp.trainer.enable_progress_bar:
         callbacks.append(ProgressBar())
     if exp.early_stopping.enabled:
