@@ -83,7 +83,7 @@ def _fit(
     splits = load_dataset(exp.data, seed=exp.seed, data_dir=data_dir, where=exp.where("data.dataset"))
 
     # 3. Model, phase plan, LightningModule.
-    model, weights, module, datamodule = _build(exp, splits)
+    model, weights, module, datamodule = build_parts(exp, splits)
 
     # 4. Tracking: one run per fit (the same run again on --resume).
     uri = runs.tracking_uri(exp.tracking.uri)
@@ -116,8 +116,9 @@ def _fit(
     return result
 
 
-def _build(exp: Experiment, splits: Any) -> tuple[Any, str, ClassifierModule, PhasedDataModule]:
-    """(classifier, where its weights came from, LightningModule, data module): one feature cache shared."""
+def build_parts(exp: Experiment, splits: Any) -> tuple[Any, str, ClassifierModule, PhasedDataModule]:
+    """(classifier, where its weights came from, LightningModule, data module): one feature cache shared.
+    Also what `fruitlab lr-find` builds, so its range test trains a phase exactly as fit would."""
     model, weights = build_classifier(exp.model, exp.preprocess, splits.tasks, exp.where("model.backbone"))
     plan = PhasePlan(exp.finetune.phases)
     cache = FeatureCache(model, plan, exp.performance, exp.data.augment)
