@@ -68,7 +68,11 @@ def lr_find(
 
     splits = load_dataset(exp.data, seed=exp.seed, data_dir=data_dir, where=exp.where("data.dataset"))
     _, weights, module, datamodule = build_parts(exp, splits)
-    module.plan.index = phase  # module.setup('fit') freezes and unfreezes for this phase, as fit does
+    # module.setup('fit') freezes and unfreezes for this phase, as fit does. Made the plan's last phase, so that
+    # it never hands over to the next one (nor does the data module serve the next one's cache), however many
+    # epochs of a small train split the test spans.
+    plan = module.plan
+    plan.phases, plan.index = plan.phases[: phase + 1], phase
 
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
