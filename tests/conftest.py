@@ -75,6 +75,7 @@ SMOKE_EXPERIMENT = """
 description: smoke - a tiny timm model on a few dozen real fruit photos
 data:
   dataset: fruits_fresh_rotten
+  split: dli  # the default (grouped) searches all 3,395 photos for copies first: minutes, for a smoke test
   max_per_class: 6
   batch_size: 8
   num_workers: 0

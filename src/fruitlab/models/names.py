@@ -13,7 +13,7 @@ from pathlib import Path
 from fruitlab.errors import ModelError, did_you_mean
 
 # Names that resolve to offline package weights (see backbone.OFFLINE); kept here so no import is needed.
-OFFLINE_NAMES = ("efficientnet_lite0", "tf_efficientnet_lite0")
+OFFLINE_NAMES = tuple(f"{prefix}efficientnet_lite{n}" for n in (0, 1, 2) for prefix in ("", "tf_"))
 # fruitlab's own from-scratch CNNs, registered with timm in models/scratch.py.
 SCRATCH_NAMES = ("fruitlab_cnn", "fruitlab_cnn_small")
 

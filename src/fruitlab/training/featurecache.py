@@ -257,9 +257,11 @@ class FeatureCache:
 
     def _cut_earlier_next(self, index: int) -> int | None:
         """The next phase, when it is cached at an earlier link with the same views (its frozen part then lies
-        inside this phase's and cannot change before it starts)."""
+        inside this phase's and cannot change before it starts). K random views qualify too: both phases draw
+        them from the same augmentation and seed, so deriving this phase's from the next one's gives both the
+        same K draws, in one pass over the images instead of two."""
         this, nxt = self.decisions[index], self.decisions.get(index + 1)
-        if nxt is None or not nxt.cached or nxt.random_views or this.random_views or nxt.flips != this.flips:
+        if nxt is None or not nxt.cached or nxt.random_views != this.random_views or nxt.flips != this.flips:
             return None
         if nxt.start is None or (this.start is not None and nxt.start >= this.start):
             return None
