@@ -174,3 +174,18 @@ def test_unquoted_off_and_on_in_set_mean_the_cache_modes() -> None:
     assert PerformanceConfig(image_cache=False).image_cache == "off"
     assert PerformanceConfig(image_cache=True).image_cache == "on"
     assert PerformanceConfig(feature_cache=True).feature_cache == "auto"
+
+
+@pytest.mark.parametrize("value", [0, 1.5])
+def test_layer_decay_must_be_in_zero_one(value):
+    with pytest.raises(ConfigError) as err:
+        validate_experiment({"finetune": {"phases": [{"epochs": 1, "optimizer": {"layer_decay": value}}]}})
+    msg = str(err.value)
+    assert "finetune.phases.0.optimizer.layer_decay" in msg and f"got {value}" in msg
+
+
+def test_ema_decay_must_be_below_one():
+    with pytest.raises(ConfigError) as err:
+        validate_experiment({"finetune": {"ema": {"decay": 1.0}}})
+    assert "finetune.ema.decay" in str(err.value) and "less than 1" in str(err.value)
+    assert validate_experiment({"finetune": {"ema": {"decay": 0.995}}}).finetune.ema.decay == 0.995

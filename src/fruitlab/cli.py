@@ -220,6 +220,51 @@ def fit(
         typer.echo(f"model {result.model_uri}  tracking {result.tracking_uri}  (fruitlab ui)")
 
 
+@app.command("lr-find")
+def lr_find(
+    experiment: ExperimentOpt,
+    phase: Annotated[int, typer.Option("--phase", "-p", help="index of the phase in finetune.phases (0 = first)")],
+    set_: SetOpt = None,
+    steps: Annotated[int, typer.Option("--steps", help="optimizer steps of the test (one lr each)")] = 100,
+    min_lr: Annotated[float, typer.Option("--min-lr", help="first learning rate")] = 1e-7,
+    max_lr: Annotated[
+        float, typer.Option("--max-lr", help="last learning rate (the test stops early on divergence)")
+    ] = 1.0,
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for lr-find-<experiment>-phase<N>.png")] = Path(
+        "reports"
+    ),
+    tracking_uri: UriOpt = None,
+    data_dir: DataDirOpt = None,
+    mirror: MirrorOpt = None,
+) -> None:
+    """Learning-rate range test of one phase (Lightning's Tuner.lr_find): plot loss against lr, suggest an lr.
+
+    The phase trains exactly the parameters fit trains in it (and uses the feature cache where fit would), starting
+    from the model's starting weights: the earlier phases are NOT trained first, so phase 1 after a head-only
+    phase 0 sees a fresh head. The suggestion is Lightning's (steepest descent of the smoothed loss, not fastai's
+    valley); every parameter group runs at the same lr during the test. Logs the plot and suggestion to MLflow.
+    """
+    from fruitlab.config import load_experiment
+
+    _env(tracking_uri, mirror)
+    exp = load_experiment(experiment, set_)
+    _check_names(exp)
+    from fruitlab.training.lr_find import lr_find as run_lr_find
+
+    result = run_lr_find(exp, phase, num_training=steps, min_lr=min_lr, max_lr=max_lr, out_dir=out, data_dir=data_dir)
+    recipe = exp.finetune.phases[phase].optimizer.lr
+    if result.suggestion is None:
+        typer.echo(f"no suggestion: too few finite losses in {len(result.lrs)} steps; try more --steps")
+    else:
+        label = exp.finetune.phases[phase].name or f"phase{phase}"
+        typer.echo(
+            f"finetune.phases.{phase} ({label!r}): suggested lr {result.suggestion:.3g} "
+            f"(steepest descent of the loss; the recipe has {recipe:.3g})"
+        )
+        typer.echo("use it: fruitlab fit -e " + experiment + "".join(f" --set {o}" for o in result.overrides))
+    typer.echo(f"plot {result.figure}  run {result.run_id}  tracking {result.tracking_uri}  ({result.seconds:.0f} s)")
+
+
 def _experiment_of_run(run_id: str, overrides: list[str] | None):
     import yaml
 

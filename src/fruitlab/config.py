@@ -223,6 +223,13 @@ class OptimizerConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop only")
     nesterov: bool = False
+    layer_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="layer-wise lr decay (timm's param_groups_layer_decay, as BEiT/ViT fine-tuning): the backbone's "
+        "top layer trains at backbone_lr (or lr), each layer below at layer_decay x the one above; None = one rate",
+    )
 
 
 class ScheduleConfig(Strict):
@@ -255,8 +262,24 @@ def _default_phases() -> list[PhaseConfig]:
     ]
 
 
+class EmaConfig(Strict):
+    """An exponential moving average of the weights (Lightning's EMAWeightAveraging), updated after every optimizer
+    step. The averaged weights are what validation sees, what the checkpoints hold, and so what the final
+    evaluation and the logged model use."""
+
+    decay: float = Field(
+        0.99,
+        gt=0,
+        lt=1,
+        description="weight of the average per step; it spans about 1/(1-decay) optimizer steps, which should be "
+        "well under the fit's steps (the first update copies the weights, the head's random start included)",
+    )
+    start_step: int = Field(0, ge=0, description="optimizer steps before the average starts (a copy of the weights)")
+
+
 class FinetuneConfig(Strict):
     phases: list[PhaseConfig] = Field(default_factory=_default_phases, min_length=1)
+    ema: EmaConfig | None = Field(None, description="weight averaging over the whole fit, e.g. {decay: 0.99}")
 
 
 class EarlyStoppingConfig(Strict):

@@ -181,3 +181,55 @@ def test_early_stopping_ends_a_phase_not_the_fit(tmp_path, photo_splits):
     assert module.plan.index == 1
     assert module.plan.start_epoch < 5  # phase 1 ended before its 5 epochs
     assert trainer.current_epoch < 7  # and the last phase's stopping ended the fit
+
+
+def test_layer_decay_gives_each_trainable_layer_a_geometric_rate():
+    """layer_decay: timm's layer map of the backbone; the top layer at backbone_lr, each one below x decay."""
+    from timm.models import group_parameters
+
+    decay, backbone_lr, head_lr = 0.5, 1e-3, 1e-2
+    phase = PhaseConfig(
+        epochs=1,
+        train=TrainSpec(last_stages=3),
+        optimizer={"lr": head_lr, "backbone_lr": backbone_lr, "layer_decay": decay, "weight_decay": 1e-4},
+    )
+    module = make_module(["a", "b"], [phase])
+    backbone = module.model.backbone
+    module.plan.apply(module.model)
+    opt = module.plan.build_optimizer(module.model)["optimizer"]
+
+    layer_of = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
+    top = max(layer_of.values())
+    name_of = {id(p): n for n, p in backbone.named_parameters()}
+    lr_of = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            lr_of[name_of.get(id(p), "head")] = (group["lr"], group["weight_decay"])
+    trainable_names = trainable(module)
+    assert set(lr_of) - {"head"} == trainable_names  # exactly what trains, nothing frozen
+    assert {top - layer_of[n] for n in trainable_names} == {0, 1, 2}  # three layers deep: three rates
+    for name in trainable_names:
+        lr, wd = lr_of[name]
+        assert lr == pytest.approx(backbone_lr * decay ** (top - layer_of[name]))
+        assert wd == (0.0 if backbone.get_parameter(name).ndim <= 1 else 1e-4)  # timm: no decay on 1-d params
+    head_groups = [g for g in opt.param_groups if g["name"] == "head"]
+    assert [g["lr"] for g in head_groups] == [head_lr]
+    assert {g["name"] for g in opt.param_groups} == {"head", "backbone", "backbone-1", "backbone-2"}
+
+    # A cosine schedule keeps the ratios: every group is scaled by the same factor.
+    phase.schedule.name = "cosine"
+    config = module.plan.build_optimizer(module.model)
+    opt, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    before = [g["lr"] for g in opt.param_groups]
+    opt.step()
+    scheduler.step()
+    ratios = {round(g["lr"] / b, 9) for g, b in zip(opt.param_groups, before, strict=True)}
+    assert len(ratios) == 1 and ratios != {1.0}
+
+
+def test_layer_decay_while_the_backbone_is_frozen_is_the_head_alone():
+    phase = PhaseConfig(epochs=1, train="none", optimizer={"lr": 1e-3, "layer_decay": 0.7})
+    module = make_module(["a", "b"], [phase])
+    module.plan.apply(module.model)
+    opt = module.plan.build_optimizer(module.model)["optimizer"]
+    assert [g["name"] for g in opt.param_groups] == ["head"]

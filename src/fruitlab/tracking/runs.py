@@ -184,6 +184,16 @@ def log_batch(client: MlflowClient, run_id: str, metrics: dict[str, float], tags
     client.log_batch(run_id, metrics=batch, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
+def log_series(client: MlflowClient, run_id: str, series: dict[str, list[float]]) -> None:
+    """Curves whose step is the position in the list (an lr range test's lr and loss), in batches."""
+    import time
+
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, values in series.items() for step, v in enumerate(values)]
+    for i in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[i : i + 1000])
+
+
 def set_tags(client: MlflowClient, run_id: str, tags: dict[str, Any]) -> None:
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 
 from fruitlab.config import Experiment
@@ -97,7 +97,7 @@ def _fit(
     splits = splits or load_dataset(exp.data, seed=exp.seed, data_dir=data_dir, where=exp.where("data.dataset"))
 
     # 3. Model, phase plan, LightningModule.
-    model, weights, module, datamodule = _build(exp, splits)
+    model, weights, module, datamodule = build_parts(exp, splits)
 
     # 4. Tracking: one run per fit (the same run again on --resume).
     uri = runs.tracking_uri(exp.tracking.uri)
@@ -139,8 +139,9 @@ def _fit(
     return result
 
 
-def _build(exp: Experiment, splits: Any) -> tuple[Any, str, ClassifierModule, PhasedDataModule]:
-    """(classifier, where its weights came from, LightningModule, data module): one feature cache shared."""
+def build_parts(exp: Experiment, splits: Any) -> tuple[Any, str, ClassifierModule, PhasedDataModule]:
+    """(classifier, where its weights came from, LightningModule, data module): one feature cache shared.
+    Also what `fruitlab lr-find` builds, so its range test trains a phase exactly as fit would."""
     model, weights = build_classifier(exp.model, exp.preprocess, splits.tasks, exp.where("model.backbone"))
     plan = PhasePlan(exp.finetune.phases)
     cache = FeatureCache(model, plan, exp.performance, exp.data.augment)
@@ -213,6 +214,11 @@ def _trainer(
         auto_insert_metric_name=False,
     )
     callbacks: list[Any] = [PhaseSchedule(), checkpoint, *(extra_callbacks or [])]
+    if exp.finetune.ema is not None:
+        # Swaps the averaged weights in for validation, writes them as the checkpoints' state_dict (the current
+        # ones under current_model_state, for --resume) and copies them into the model when training ends.
+        ema = exp.finetune.ema
+        callbacks.append(EMAWeightAveraging(decay=ema.decay, update_starting_at_step=ema.start_step))
     if exp.trainer.enable_progress_bar:
         callbacks.append(ProgressBar())
     if exp.early_stopping.enabled:

@@ -176,9 +176,11 @@ class ClassifierModule(L.LightningModule):
         self._log_epoch_as_step()
         self.log("phase", float(self.plan.index), on_step=False, on_epoch=True)
         optimizer = self.optimizers(use_pl_optimizer=False)
-        for group in optimizer.param_groups:
-            if group.get("name") != "loss":
-                self.log(f"lr/{group.get('name', 'group')}", group["lr"], on_step=False, on_epoch=True)
+        # one curve per name (with layer decay, a layer's decayed and non-decayed parameters share a rate)
+        lrs = {group.get("name", "group"): group["lr"] for group in optimizer.param_groups}
+        for name, lr in lrs.items():
+            if name != "loss":
+                self.log(f"lr/{name}", lr, on_step=False, on_epoch=True)
         if self.multitask:  # the weight each task's loss gets this epoch (fixed, or learned)
             for task, weight in self.loss_fn.weights().items():
                 self.log(f"loss_weight/{task}", weight, on_step=False, on_epoch=True)

@@ -12,12 +12,14 @@ Owned here rather than taken from Lightning's BackboneFinetuning, whose open bug
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping
+from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from fruitlab.config import OptimizerConfig, PhaseConfig, ScheduleConfig
@@ -92,9 +94,7 @@ class PhasePlan:
         """
         opt_cfg = self.phase.optimizer
         groups = [{"name": "head", "params": list(model.head.parameters()), "lr": opt_cfg.lr}]
-        backbone_params = [p for p in model.backbone.parameters() if p.requires_grad]
-        if backbone_params:
-            groups.append({"name": "backbone", "params": backbone_params, "lr": opt_cfg.backbone_lr or opt_cfg.lr})
+        groups += backbone_param_groups(model.backbone, opt_cfg)
         if extra:
             groups.append({"name": "loss", "params": list(extra), "lr": opt_cfg.lr, "weight_decay": 0.0})
         optimizer = make_optimizer(opt_cfg, groups)
@@ -126,6 +126,37 @@ class PhasePlan:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.index, self.start_epoch = int(state["index"]), int(state["start_epoch"])
         self.end_requested = bool(state.get("end_requested", False))
+
+
+def backbone_param_groups(backbone: nn.Module, cfg: OptimizerConfig) -> list[dict[str, Any]]:
+    """The optimizer groups of the backbone parameters that train now (none while it is frozen).
+
+    Without `layer_decay`: one group at backbone_lr (or lr). With it: timm's param_groups_layer_decay over the whole
+    backbone (so layer k of L gets scale layer_decay^(L-1-k), whether or not the layers below it train), of which the
+    trainable parameters form one group per layer at backbone_lr x scale; timm also drops weight decay on 1-d
+    parameters (BatchNorm, biases) there. Torch's schedulers scale each group's own lr, so the ratios hold.
+    """
+    base_lr = cfg.backbone_lr or cfg.lr
+    if cfg.layer_decay is None:
+        params = [p for p in backbone.parameters() if p.requires_grad]
+        return [{"name": "backbone", "params": params, "lr": base_lr}] if params else []
+    groups = param_groups_layer_decay(backbone, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+    return [
+        {
+            "name": _layer_group_name(g["lr_scale"], cfg.layer_decay),
+            "params": g["params"],
+            "lr": base_lr * g["lr_scale"],
+            "lr_scale": g["lr_scale"],
+            "weight_decay": g["weight_decay"],
+        }
+        for g in sorted(groups, key=lambda g: -g["lr_scale"])  # top layer first
+    ]
+
+
+def _layer_group_name(scale: float, decay: float) -> str:
+    """'backbone' for the top layer (its lr is backbone_lr, as without decay), 'backbone-k' k layers below it."""
+    below = 0 if decay == 1 else round(math.log(scale) / math.log(decay))
+    return f"backbone-{below}" if below else "backbone"
 
 
 def make_optimizer(cfg: OptimizerConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
