@@ -32,15 +32,25 @@ sweep:
 )
 
 
-def interrupt(cmd: list[str], cwd, env, when: str, sig: int) -> tuple[int, str]:
-    """Start the sweep, send `sig` as soon as its output contains `when`; (exit status, output)."""
+def after_first_epoch(uri: str, trial: int) -> bool:
+    """Trial `trial` has logged its first epoch's metrics to MLflow (a sweep prints a trial's line only at its end)."""
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny")
+    if experiment is None:
+        return False
+    runs = client.search_runs([experiment.experiment_id], f"tags.`fruitlab.trial_number` = '{trial}'")
+    return any("val/class/acc" in run.data.metrics for run in runs)
+
+
+def interrupt(cmd: list[str], cwd, env, trial: int, sig: int) -> tuple[int, str]:
+    """Start the sweep, send `sig` once trial `trial` is half done (1 of 2 epochs); (exit status, output)."""
     log = cwd / f"sweep-{sig}.log"
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=sigint_default)
-        deadline = time.time() + 300
-        while when not in log.read_text():
+        deadline = time.time() + 600
+        while not after_first_epoch(env["MLFLOW_TRACKING_URI"], trial):
             assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.05)
+            time.sleep(0.2)
         proc.send_signal(sig)
         return proc.wait(timeout=120), log.read_text()
 
@@ -52,12 +62,12 @@ def test_interrupted_sweeps_resume_with_every_completed_trial_kept(tmp_path, fru
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "FRUITLAB_DATA_DIR": str(fruit_data_dir)}
     cmd = [FRUITLAB, "sweep", "-e", str(exp)]
 
-    status, out = interrupt(cmd, tmp_path, env, "trial 1 epoch 1:", signal.SIGINT)
+    status, out = interrupt(cmd, tmp_path, env, 1, signal.SIGINT)
     assert status == 130 and "run the same command again to resume study 'tiny'" in out
     assert "Traceback" not in out
-    status, out = interrupt(cmd, tmp_path, env, "trial 3 epoch 1:", signal.SIGKILL)  # trial 2 retries trial 1
+    status, out = interrupt(cmd, tmp_path, env, 3, signal.SIGKILL)  # trial 2 retries trial 1
     assert status == -signal.SIGKILL
-    assert "trial 2 (retry of trial 1)" in out and "trial 2 complete" in out
+    assert "trial 2 (retry of trial 1) complete" in out
     final = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr[-3000:]
     assert "trial 4 (retry of trial 3)" in final.stdout

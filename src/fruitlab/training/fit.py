@@ -177,10 +177,14 @@ def _run_tags(exp: Experiment, splits: Any, weights: str) -> dict[str, str]:
     }
 
 
+_WARNED: set[tuple[str, str]] = set()
+
+
 def _split_tags(splits: Any, data_dir: str | None) -> dict[str, str]:
     """The split scheme and whether its val/test figures can be trusted (data/leaks.py: from what is known)."""
     status = leak_status(splits, resolve_data_dir(data_dir))
-    if status.leak_free is False and rank_zero_only.rank == 0:
+    if status.leak_free is False and rank_zero_only.rank == 0 and (splits.scheme, status.source) not in _WARNED:
+        _WARNED.add((splits.scheme, status.source))  # once per process: a sweep's trials share the split
         log.warning("warning: split %r leaks (%s): its val figures are inflated", splits.scheme, status.source)
     out = {tags.SPLIT: splits.scheme, tags.SPLIT_LEAK_FREE: status.label, tags.SPLIT_LEAK_SOURCE: status.source}
     if status.copies_across is not None:
