@@ -122,7 +122,11 @@ def test_mlflow_ui_shows_model_training_two_run_names_and_epoch_curves(two_fits,
 
 def _x_ticks(driver) -> list[str] | None:
     """The x-axis tick labels of the line charts shown (plotly draws them as SVG text), once they are drawn."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
-    ticks = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "g.xtick text") if e.text]
+    try:
+        ticks = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "g.xtick text") if e.text]
+    except StaleElementReferenceException:  # the chart re-rendered between finding and reading: ask again
+        return None
     return ticks or None
