@@ -316,11 +316,17 @@ def cached_json(path: Path | None, compute: Callable[[], Any]) -> Any:
             pass
     value = compute()
     if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(value))
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.debug("could not write %s: %s", path, exc)
+        store_json(path, value)
     return value
+
+
+def store_json(path: Path, value: Any) -> None:
+    """Write `value` as JSON atomically (a concurrent reader sees the old file or the new one); a cache, so a
+    failure to write is logged, not raised."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(value))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("could not write %s: %s", path, exc)

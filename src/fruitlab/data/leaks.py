@@ -12,17 +12,14 @@ otherwise unknown, with the command that finds out.
 from __future__ import annotations
 
 import json
-import logging
-import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from fruitlab.data.checks import CheckReport, content_digests, split_aliases
+from fruitlab.data.duplicates import store_json
 from fruitlab.data.registry import GROUPED, DatasetSplits, get_source
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -46,14 +43,7 @@ def record_check(report: CheckReport, fingerprint: str, data_dir: Path) -> None:
     if report.near_duplicates is None:
         return  # exact copies only: fit finds those itself
     record = {"leaked": report.leaked(), "checked": datetime.now().isoformat(timespec="seconds")}
-    path = check_record_path(fingerprint, data_dir)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, path)
-    except OSError as exc:
-        log.debug("could not record the data check in %s: %s", path, exc)
+    store_json(check_record_path(fingerprint, data_dir), record)
 
 
 def leak_status(splits: DatasetSplits, data_dir: Path) -> LeakStatus:
