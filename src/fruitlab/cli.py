@@ -594,14 +594,16 @@ def ui(
     port: Annotated[int, typer.Option(help="port")] = 5000,
     host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
     tracking_uri: UriOpt = None,
+    workers: Annotated[int, typer.Option(min=1, help="server processes (one person browsing needs one)")] = 1,
 ) -> None:
-    """Open the MLflow UI on the same store fruitlab fit logs to."""
+    """Open the MLflow UI on the same store fruitlab fit logs to, in its model-training mode."""
     from fruitlab.tracking.runs import ARTIFACT_DIR, ui_url
     from fruitlab.tracking.runs import tracking_uri as resolve
 
     uri = resolve(tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    cmd += ["--default-artifact-root", Path(ARTIFACT_DIR).resolve().as_uri()]
+    cmd += ["--default-artifact-root", Path(ARTIFACT_DIR).resolve().as_uri(), "--workers", str(workers)]
+    cmd += ["--app-name", "fruitlab"]  # MLflow's app plus the page that opens model-training mode (ui_app.py)
     typer.echo(f"MLflow UI for {uri}: open {ui_url(f'http://{host}:{port}')}  (Ctrl+C to stop)")
     os.execv(sys.executable, cmd)
 

@@ -45,6 +45,8 @@ def mlflow_server(backend_uri: str, artifacts: str, host: str, port: int, allowe
         "1",
         "--allowed-hosts",
         allowed_hosts,
+        "--app-name",
+        "fruitlab",
     ]
 
 

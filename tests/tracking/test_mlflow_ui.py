@@ -1,5 +1,6 @@
-"""The MLflow UI in a real browser (Debian's chromium, headless) on a real `mlflow server` over a store holding two
-fruitlab fits of the same experiment and seed: model-training mode, two run names, curves against epochs.
+"""The MLflow UI in a real browser (Debian's chromium, headless, a fresh profile) on the server `fruitlab ui` starts,
+over a store holding two fruitlab fits of the same experiment and seed: the link it prints opens model-training mode
+and it stays there when the user clicks into an experiment (no URL parameter); two run names; curves against epochs.
 
 Screenshots go to the test's tmp dir; with FRUITLAB_SCREENSHOTS=/some/dir they are copied there too (docs/ holds
 three of them).
@@ -13,13 +14,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
 from fruitlab.config import load_experiment
-from fruitlab.tracking.runs import ui_url
 from fruitlab.training.fit import fit
 from tests.browser import chromium, keep, wait
 from tests.conftest import SMOKE_EXPERIMENT, write_experiment
@@ -41,29 +42,30 @@ def two_fits(tmp_path_factory, fruit_data_dir):
         results = [fit(exp, data_dir=str(fruit_data_dir)) for _ in range(2)]  # the same seed twice
     client = MlflowClient(uri)
     experiment_id = client.get_run(results[0].run_id).info.experiment_id
-    return uri, experiment_id, [client.get_run(r.run_id) for r in results]
+    return uri, work, experiment_id, [client.get_run(r.run_id) for r in results]
 
 
 @contextmanager
-def mlflow_server(uri: str) -> Iterator[str]:
-    """`mlflow server` (what `mlflow ui` and `fruitlab ui` start) on a free port of 127.0.0.1."""
+def fruitlab_ui(uri: str, cwd: Path) -> Iterator[str]:
+    """`fruitlab ui` on a free port of 127.0.0.1: the link it prints."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1"]
-    proc = subprocess.Popen([*cmd, "--port", str(port), "--workers", "1"], stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    cmd = [str(Path(sys.executable).parent / "fruitlab"), "ui", "--tracking-uri", uri, "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    link = proc.stdout.readline().split("open ", 1)[1].split()[0]  # "MLflow UI for ...: open <link>  (Ctrl+C ...)"
+    assert link == f"http://127.0.0.1:{port}/fruitlab", link
     try:
         deadline = time.monotonic() + 300  # minutes on a loaded 2-core machine
         while True:
-            assert proc.poll() is None and time.monotonic() < deadline, "mlflow server did not start"
+            assert proc.poll() is None and time.monotonic() < deadline, "fruitlab ui did not start"
             try:
-                if requests.get(f"{base}/health", timeout=2).ok:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
                     break
             except requests.ConnectionError:
                 time.sleep(0.5)
-        yield base
+        yield link
     finally:
         proc.terminate()
         proc.wait(30)
@@ -81,17 +83,20 @@ def genai_words(driver) -> list[str]:
 def test_mlflow_ui_shows_model_training_two_run_names_and_epoch_curves(two_fits, tmp_path):
     from selenium.webdriver.common.by import By
 
-    uri, experiment_id, fit_runs = two_fits
+    uri, work, experiment_id, fit_runs = two_fits
     names = [r.info.run_name for r in fit_runs]
     assert len(set(names)) == 2 and all(n.startswith("tiny-") for n in names)  # same seed, distinct names
-    with mlflow_server(uri) as base, chromium(1400, 900) as driver:
+    with fruitlab_ui(uri, work) as link, chromium(1400, 900) as driver:
+        base = link.removesuffix("/fruitlab")
         # The link `fruitlab ui` prints: the experiment list in model-training mode.
-        driver.get(ui_url(base))
+        driver.get(link)
         wait(driver, lambda d: d.find_elements(By.LINK_TEXT, "tiny") and not genai_words(d), LOAD_S)
 
-        # The experiment's runs: both fits by name, the model-training sidebar (Runs, Models), no GenAI pages.
-        driver.get(f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning")
+        # A click into the experiment, as a user does: the URL has no workflowType, the mode is kept (the page
+        # stored it in the browser). Both fits by name, the model-training sidebar (Runs, Models), no GenAI pages.
+        driver.find_element(By.LINK_TEXT, "tiny").click()
         wait(driver, lambda d: all(d.find_elements(By.LINK_TEXT, n) for n in names), LOAD_S)
+        assert "workflowType" not in driver.current_url, driver.current_url
         # the Datasets column (the dataset input) fills in after the names
         wait(driver, lambda d: "fruits_fresh_rotten (dli)" in page_text(d), LOAD_S)
         text = page_text(driver)
@@ -101,7 +106,7 @@ def test_mlflow_ui_shows_model_training_two_run_names_and_epoch_curves(two_fits,
 
         # A run's curves: x is the epoch (1, 2, 3), not Lightning's global step (5, 10, 15 here).
         run_id = fit_runs[0].info.run_id
-        driver.get(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics?workflowType=machine_learning")
+        driver.get(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics")
         search = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "input[placeholder*='Search metric']"), LOAD_S)
         search.send_keys("loss")
         ticks = wait(driver, lambda d: _x_ticks(d), LOAD_S)
@@ -109,7 +114,7 @@ def test_mlflow_ui_shows_model_training_two_run_names_and_epoch_curves(two_fits,
         driver.save_screenshot(str(tmp_path / "mlflow-curves.png"))
 
         # The run's overview: its description (the recipe as it ran, the split, the fingerprint, the scores).
-        driver.get(f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning")
+        driver.get(f"{base}/#/experiments/{experiment_id}/runs/{run_id}")
         wait(driver, lambda d: "score of the best checkpoint" in page_text(d), LOAD_S)
         text = page_text(driver)
         assert fit_runs[0].data.tags["fruitlab.dataset_fingerprint"] in text and "epochs run" in text

@@ -33,5 +33,5 @@ def test_experiments_are_marked_as_model_training_unless_a_user_chose(mlflow_uri
     assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
 
 
-def test_ui_url_opens_the_model_training_mode():
-    assert runs.ui_url("http://127.0.0.1:5000/") == "http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+def test_ui_url_is_the_page_of_fruitlabs_server_that_opens_the_model_training_mode():
+    assert runs.ui_url("http://127.0.0.1:5000/") == "http://127.0.0.1:5000/fruitlab"

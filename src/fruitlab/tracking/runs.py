@@ -65,9 +65,13 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
         return existing.experiment_id
 
 
+UI_START_PATH = "/fruitlab"  # served by tracking/ui_app.py
+
+
 def ui_url(base: str) -> str:
-    """The MLflow UI's experiment list in its model-training mode (MLflow 3 opens in GenAI mode otherwise)."""
-    return f"{base.rstrip('/')}/#/experiments?workflowType=machine_learning"
+    """The page of fruitlab's MLflow server (tracking/ui_app.py) that switches the browser's MLflow UI to its
+    model-training mode, for good (MLflow 3 opens in GenAI mode otherwise), and opens the experiment list."""
+    return f"{base.rstrip('/')}{UI_START_PATH}"
 
 
 def git_commit() -> str:

@@ -7,8 +7,8 @@ serve, compare, promote); defined here once, so that the two cannot drift apart.
 from __future__ import annotations
 
 # On an MLflow experiment fruitlab creates: MLflow's own tag for the kind of work (model training, not GenAI).
-# MLflow 3.17's UI reads it where its GenAI/Model training switch is off; with the switch on, the URL's
-# `workflowType` picks the mode (tracking/runs.py: ui_url), so fruitlab sets both.
+# MLflow 3.17's UI reads it only where its GenAI/Model training switch is off; with the switch on (the default)
+# the browser's stored choice picks the mode, which fruitlab's server page sets (tracking/ui_app.py).
 EXPERIMENT_KIND = "mlflow.experimentKind"
 MODEL_TRAINING = "custom_model_development"
 
