@@ -309,6 +309,12 @@ class TrainerConfig(Strict):
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     log_every_n_steps: int = Field(10, ge=1)
+    num_sanity_val_steps: int = Field(
+        0,
+        ge=-1,
+        description="val batches Lightning runs before training to catch a broken validation step; 0: fruitlab's "
+        "validation step is its own tested code, not the user's, and the check cost ~0.7 s before the first step",
+    )
     enable_progress_bar: bool = True
     deterministic: bool = False
 

@@ -131,7 +131,8 @@ def _check_arguments(exp: Experiment, phase: int, num_training: int, min_lr: flo
 def _trainer(exp: Experiment, root: str) -> L.Trainer:
     """A trainer like fit's (device, precision, loaders per epoch for the feature cache), without its callbacks
     (no phase changes, checkpoints or early stopping), logger and validation (the test reads the training loss)."""
-    kwargs = exp.trainer.model_dump(exclude={"limit_val_batches", "log_every_n_steps", "enable_progress_bar"})
+    skip = {"limit_val_batches", "log_every_n_steps", "enable_progress_bar", "num_sanity_val_steps"}
+    kwargs = exp.trainer.model_dump(exclude=skip)
     return L.Trainer(
         **{k: v for k, v in kwargs.items() if v is not None},
         logger=False,
