@@ -65,6 +65,16 @@ def test_fit_a_packaged_experiment_outside_the_repo(tmp_path, fruit_data_dir):
     result = run("fit", "-e", "quickstart", *[f"--set={item}" for item in tiny], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "experiment 'quickstart'" in result.stderr and "best/val/class/acc" in result.stdout
+    # The run was opened by the CLI's child while the parent imported Lightning (training/run_start.py): one run,
+    # finished, with the tags known before the model and the weights' source logged after the first epoch.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (run_,) = client.search_runs([client.get_experiment_by_name("quickstart").experiment_id])
+    assert run_.info.status == "FINISHED" and run_.info.run_name == f"quickstart-{run_.info.run_id[:8]}"
+    assert run_.data.tags["fruitlab.weights"] == "random init" and run_.data.tags["fruitlab.split"] == "dli"
+    assert run_.data.tags["fruitlab.backbone"] == "test_efficientnet" and run_.data.metrics["first_step_seconds"] > 0
+    assert run_.info.run_id in result.stdout
 
 
 @pytest.mark.smoke
@@ -157,6 +167,21 @@ def test_check_accepts_every_shipped_experiment():
         result = run("check", "-e", name)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"ok: {name}")
+
+
+@pytest.mark.smoke
+def test_fit_with_an_unreachable_tracking_server_says_so_without_a_traceback(tmp_path, fruit_data_dir):
+    """The run is opened by the CLI's child (training/run_start.py): its clear error reaches the user once."""
+    import socket
+
+    with socket.socket() as sock:  # a port of 127.0.0.1 nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    path = write_experiment(tmp_path / "tiny.yaml", SMOKE_EXPERIMENT)
+    env = {"FRUITLAB_DATA_DIR": str(fruit_data_dir), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    result = run("fit", "-e", str(path), "--tracking-uri", f"http://127.0.0.1:{port}", cwd=tmp_path, env=env)
+    assert_clean_error(result, f"could not open a run in the tracking store 'http://127.0.0.1:{port}'", "server up")
+    assert result.stderr.count("could not open a run") == 1
 
 
 @pytest.mark.smoke

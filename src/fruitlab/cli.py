@@ -207,9 +207,14 @@ def fit(
     # The data is listed and checked (classes, splits) before torch and Lightning load: a folder with one class
     # or no images fails in a second, not after the training stack's imports.
     splits = load_dataset(exp.data, seed=exp.seed, data_dir=data_dir, where=exp.where("data.dataset"))
+    from fruitlab.training.run_start import RUN_ID_ENV, EarlyRun, run_tags
+
+    # The MLflow run is opened by a child on the other core while this process imports torch and Lightning (not for
+    # --resume, nor in a DDP worker Lightning re-launched, which joins its parent's run).
+    early = None if resume or os.environ.get(RUN_ID_ENV) else EarlyRun(exp, run_tags(exp, splits, data_dir))
     from fruitlab.training.fit import fit as run_fit
 
-    result = run_fit(exp, resume_run_id=resume, data_dir=data_dir, splits=splits)
+    result = run_fit(exp, resume_run_id=resume, data_dir=data_dir, splits=splits, early_run=early)
     from fruitlab.evaluation.report import format_evaluation
 
     for split, evaluation in result.reports.items():

@@ -7,7 +7,6 @@ the URI once here and hands the same one to both, so the UI, the logger and the 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tempfile
 from pathlib import Path
@@ -22,19 +21,12 @@ from fruitlab import __version__
 from fruitlab.config import Experiment, dump_yaml
 from fruitlab.errors import TrackingError
 from fruitlab.tracking import tags
+from fruitlab.tracking.uri import DEFAULT_URI, is_local_store, tracking_uri
 
-DEFAULT_URI = "sqlite:///mlflow.db"
+__all__ = ["DEFAULT_URI", "is_local_store", "tracking_uri"]  # defined in uri.py (no MLflow import), used from here
+
 ARTIFACT_DIR = "mlruns"
 CONFIG_ARTIFACT = "config/experiment.yaml"
-
-
-def tracking_uri(configured: str | None = None) -> str:
-    """The experiment's `tracking.uri`, else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working dir."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-
-
-def is_local_store(uri: str) -> bool:
-    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 
 def client_for(uri: str) -> MlflowClient:
@@ -85,6 +77,19 @@ def git_commit() -> str:
 
 
 def start_run(exp: Experiment, uri: str, extra_tags: dict[str, str]) -> str:
+    """A new run of `exp` (its experiment created if new); TrackingError when the store cannot be reached."""
+    try:
+        return _start_run(exp, uri, extra_tags)
+    except MlflowException as error:
+        reason = " ".join(str(error).split())
+        reason = reason if len(reason) <= 300 else reason[:300] + "..."
+        raise TrackingError(
+            f"could not open a run in the tracking store {uri!r}: {reason}; check --tracking-uri or "
+            "$MLFLOW_TRACKING_URI (is the server up?)"
+        ) from None
+
+
+def _start_run(exp: Experiment, uri: str, extra_tags: dict[str, str]) -> str:
     client = client_for(uri)
     experiment_id = ensure_experiment(client, exp.tracking.experiment or exp.name, uri)
     all_tags = {
@@ -179,11 +184,13 @@ def log_metrics(
         client.log_batch(run_id, metrics=batch[i : i + 1000])
 
 
-def log_batch(client: MlflowClient, run_id: str, metrics: dict[str, float], tags: dict[str, Any]) -> None:
-    """Metrics (step 0, now) and tags in one call."""
+def log_batch(
+    client: MlflowClient, run_id: str, metrics: dict[str, float], tags: dict[str, Any], at_ms: int | None = None
+) -> None:
+    """Metrics (step 0, stamped `at_ms` or now) and tags in one call."""
     import time
 
-    now = int(time.time() * 1000)
+    now = at_ms if at_ms is not None else int(time.time() * 1000)
     batch = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
     client.log_batch(run_id, metrics=batch, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 

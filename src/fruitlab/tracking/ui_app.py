@@ -18,6 +18,7 @@ from typing import Any
 from mlflow.server.fastapi_app import app as mlflow_app
 
 from fruitlab.tracking.runs import UI_START_PATH as START_PATH
+
 WORKFLOW_KEY = "mlflow.workflowType_v1"  # MLflow's useLocalStorage({key: 'mlflow.workflowType', version: 1})
 MODEL_TRAINING = "machine_learning"
 

@@ -19,7 +19,6 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from fruitlab.evaluation.metrics import evaluate_probabilities, headline
 from fruitlab.evaluation.report import confusion_figure, predict_batches
 from fruitlab.names import JOINT, SINGLE_TASK, metric_key
-from fruitlab.tracking import runs
 
 SPLITS = ("val", "test")
 SUMMARY = ("acc", "f1_macro")  # what fit returns and prints per task (every metric is logged)
@@ -134,6 +133,8 @@ def _evaluate_and_log(
         client.log_figure(run_id, confusion_figure(report, title), f"evaluation/{name}_confusion.png")
     if evaluation["joint_acc"] is not None:
         metrics[metric_key(stage(split), JOINT, "acc")] = evaluation["joint_acc"]
+    from fruitlab.tracking import runs  # MLflow's client code: imported after training (training/fit.py)
+
     runs.log_json(client, run_id, evaluation, f"evaluation/{split}_report.json")
     return evaluation, metrics
 

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,30 +16,29 @@ from typing import Any
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, RichProgressBar
-from lightning.pytorch.loggers import MLFlowLogger
 
 from fruitlab.config import Experiment
 from fruitlab.data.balance import class_weights
-from fruitlab.data.fetch import resolve_data_dir
-from fruitlab.data.leaks import leak_status
 from fruitlab.data.registry import DatasetSplits, load_dataset
 from fruitlab.errors import TrackingError
 from fruitlab.inference.model_format import log_classifier
 from fruitlab.models.classifier import build_classifier
 from fruitlab.models.names import check_backbone_name
 from fruitlab.names import FIT_SECONDS
-from fruitlab.tracking import run_page, runs, tags
+from fruitlab.tracking import tags
+from fruitlab.tracking.uri import tracking_uri
 from fruitlab.training.cached_data import PhasedDataModule
 from fruitlab.training.featurecache import FeatureCache
 from fruitlab.training.final_evaluation import LastValidation, evaluate_best, summary_metrics
 from fruitlab.training.first_step import FirstStepTimer
+from fruitlab.training.logger import DeferredMLFlowLogger
 from fruitlab.training.module import ClassifierModule
 from fruitlab.training.phases import PhaseEarlyStopping, PhasePlan, PhaseSchedule
+from fruitlab.training.run_start import RUN_ID_ENV, EarlyRun, run_tags
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_ROOT = Path("checkpoints")
-RUN_ID_ENV = "FRUITLAB_RUN_ID"  # how DDP worker processes (re-launched by Lightning) find the parent's run
 
 
 @dataclass
@@ -59,9 +59,11 @@ def fit(
     callbacks: list[Any] | None = None,
     tags: dict[str, str] | None = None,
     splits: DatasetSplits | None = None,
+    early_run: EarlyRun | None = None,
 ) -> FitResult:
     """`callbacks`: extra Lightning callbacks (a sweep's pruning); `tags`: extra run tags (`mlflow.parentRunId`...);
-    `splits`: the data when the caller loaded it already (the CLI does, before it imports Lightning)."""
+    `splits`: the data when the caller loaded it already (the CLI does, before it imports Lightning);
+    `early_run`: the run being opened in a child process (the CLI starts it before it imports Lightning)."""
     with warnings.catch_warnings():
         # Frozen BatchNorm layers are in eval mode on purpose (see phases.py); Lightning warns about any.
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
@@ -76,6 +78,7 @@ def fit(
             extra_callbacks=callbacks,
             extra_tags=tags,
             splits=splits,
+            early_run=early_run,
         )
 
 
@@ -87,6 +90,7 @@ def _fit(
     extra_callbacks: list[Any] | None = None,
     extra_tags: dict[str, str] | None = None,
     splits: DatasetSplits | None = None,
+    early_run: EarlyRun | None = None,
 ) -> FitResult:
     started = time.perf_counter()
     # 1. Names first: a typo fails in a second, before any download or weight load.
@@ -99,17 +103,22 @@ def _fit(
     # 3. Model, phase plan, LightningModule.
     model, weights, module, datamodule = build_parts(exp, splits)
 
-    # 4. Tracking: one run per fit (the same run again on --resume).
-    uri = runs.tracking_uri(exp.tracking.uri)
-    run_tags = {**_run_tags(exp, splits, weights), **_split_tags(splits, data_dir), **(extra_tags or {})}
-    run_id = _open_run(exp, uri, run_tags, resume_run_id)
+    # 4. Tracking: one run per fit (the same run again on --resume), unless the CLI's child opened it already;
+    # then the weights' source, known only now, is logged with the first step's facts (late_tags).
+    uri = tracking_uri(exp.tracking.uri)
+    run_id = early_run.run_id() if early_run and not resume_run_id else None
+    late_tags = {tags.WEIGHTS: weights} if run_id else {}
+    if run_id is None:
+        start_tags = {tags.WEIGHTS: weights, **(extra_tags or {})}
+        run_id = _open_run(exp, uri, resume_run_id, lambda: {**run_tags(exp, splits, data_dir), **start_tags})
+    os.environ[RUN_ID_ENV] = run_id
     if rank_zero_only.rank == 0:
         log.info("MLflow run %s, experiment %r, tracking %s", run_id, exp.tracking.experiment or exp.name, uri)
     checkpoint_dir = CHECKPOINT_ROOT / run_id
 
     # 5. Callbacks and trainer; the trainer settings pass straight through to Lightning.
     last_validation = LastValidation()  # the final evaluation reuses it when the last epoch is the best
-    own = [FirstStepTimer(started), last_validation, *(extra_callbacks or [])]
+    own = [FirstStepTimer(started, late_tags), last_validation, *(extra_callbacks or [])]
     trainer, checkpoint = _trainer(exp, uri, run_id, checkpoint_dir, own)
 
     # 6. Train (or continue training).
@@ -118,6 +127,10 @@ def _fit(
         return FitResult(run_id=run_id, tracking_uri=uri)
 
     # 7. Evaluate the best checkpoint on val (and test); log the model, its scores (linked to it and the data).
+    # MLflow's client code is imported here, not at the top: the first training step does not wait for it (the
+    # logger imports it when the first epoch ends; training/logger.py).
+    from fruitlab.tracking import run_page, runs
+
     client = runs.client_for(uri)
     best, reports, scores = evaluate_best(client, run_id, module, checkpoint, datamodule, last_validation)
     result = FitResult(run_id=run_id, tracking_uri=uri, metrics=summary_metrics(reports), reports=reports)
@@ -166,33 +179,9 @@ def build_parts(exp: Experiment, splits: Any) -> tuple[Any, str, ClassifierModul
     return model, weights, module, datamodule
 
 
-def _run_tags(exp: Experiment, splits: Any, weights: str) -> dict[str, str]:
-    return {
-        tags.BACKBONE: exp.model.backbone,
-        tags.WEIGHTS: weights,
-        tags.DATASET: exp.data.dataset,
-        tags.DATASET_FINGERPRINT: splits.fingerprint,
-        tags.CLASSES: ",".join(splits.classes),
-        tags.TASKS: ",".join(splits.tasks),
-    }
+def _data_used(exp: Experiment, splits: Any) -> Any:
+    from fruitlab.tracking import run_page
 
-
-_WARNED: set[tuple[str, str]] = set()
-
-
-def _split_tags(splits: Any, data_dir: str | None) -> dict[str, str]:
-    """The split scheme and whether its val/test figures can be trusted (data/leaks.py: from what is known)."""
-    status = leak_status(splits, resolve_data_dir(data_dir))
-    if status.leak_free is False and rank_zero_only.rank == 0 and (splits.scheme, status.source) not in _WARNED:
-        _WARNED.add((splits.scheme, status.source))  # once per process: a sweep's trials share the split
-        log.warning("warning: split %r leaks (%s): its val figures are inflated", splits.scheme, status.source)
-    out = {tags.SPLIT: splits.scheme, tags.SPLIT_LEAK_FREE: status.label, tags.SPLIT_LEAK_SOURCE: status.source}
-    if status.copies_across is not None:
-        out[tags.SPLIT_COPIES_ACROSS] = str(status.copies_across)
-    return out
-
-
-def _data_used(exp: Experiment, splits: Any) -> run_page.DataUsed:
     return run_page.DataUsed(
         dataset=exp.data.dataset,
         split=splits.scheme or str(exp.data.split),
@@ -206,7 +195,7 @@ def _data_used(exp: Experiment, splits: Any) -> run_page.DataUsed:
 def _trainer(
     exp: Experiment, uri: str, run_id: str, checkpoint_dir: Path, extra_callbacks: list[Any] | None
 ) -> tuple[L.Trainer, ModelCheckpoint]:
-    logger = MLFlowLogger(experiment_name=exp.tracking.experiment or exp.name, tracking_uri=uri, run_id=run_id)
+    logger = DeferredMLFlowLogger(exp.tracking.experiment or exp.name, uri, run_id)
 
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir,
@@ -261,6 +250,8 @@ def _train(trainer: L.Trainer, module: Any, datamodule: Any, ckpt_path: str | No
         raise
     finally:
         if trainer.global_rank == 0 and status != "FINISHED":
+            from fruitlab.tracking import runs
+
             runs.finish_run(runs.client_for(uri), run_id, status)
 
 
@@ -272,25 +263,24 @@ def _restore_ctrl_c() -> None:
 
 
 class ProgressBar(RichProgressBar):
-    """Lightning's Rich bar without `v_num` (the MLflow run id is printed at the start and the end instead)."""
+    """Lightning's Rich bar without `v_num` (the MLflow run id is printed at the start and the end instead). Not
+    asked for at all: the logger's version is the run id, and asking opens the tracking store before the first
+    step (the bar is drawn at the first batch)."""
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
-        metrics = super().get_metrics(trainer, pl_module)
-        metrics.pop("v_num", None)
-        return metrics
+        return dict(trainer.progress_bar_metrics)
 
 
-def _open_run(exp: Experiment, uri: str, tags: dict[str, str], resume_run_id: str | None) -> str:
+def _open_run(exp: Experiment, uri: str, resume_run_id: str | None, start_tags: Callable[[], dict[str, str]]) -> str:
     if rank_zero_only.rank != 0:  # a DDP worker re-launched by Lightning: join the parent's run
         return os.environ[RUN_ID_ENV]
+    from fruitlab.tracking import runs
+
     if resume_run_id:
         runs.check_resumable(uri, resume_run_id)
         runs.reopen_run(uri, resume_run_id)
-        run_id = resume_run_id
-    else:
-        run_id = runs.start_run(exp, uri, tags)
-    os.environ[RUN_ID_ENV] = run_id
-    return run_id
+        return resume_run_id
+    return runs.start_run(exp, uri, start_tags())
 
 
 def _resume_checkpoint(checkpoint_dir: Path) -> str:
