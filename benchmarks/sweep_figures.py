@@ -16,6 +16,9 @@ import optuna
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
+from fruitlab.tracking import metric_names
+from fruitlab.tracking.registry import SINGLE_METRIC
+
 
 def study_figures(storage: str, name: str) -> None:
     study = optuna.load_study(study_name=name, storage=storage)
@@ -53,8 +56,9 @@ def baseline_figures(tracking: str, run_id: str) -> None:
     client = MlflowClient(tracking)
     run = client.get_run(run_id)
     history = [m.value for m in client.get_metric_history(run_id, "val/class/acc")]
+    acc = metric_names.metric(run, SINGLE_METRIC)  # also a baseline logged as best/val/class/acc
     print(
-        f"\n## baseline run {run_id}: best/val/class/acc {run.data.metrics['best/val/class/acc']:.4f} "
+        f"\n## baseline run {run_id}: {SINGLE_METRIC} {acc:.4f} "
         f"(checkpoint on val/loss), best epoch of val/class/acc {max(history):.4f}, "
         f"{len(history)} epochs, fit {run.data.metrics.get('fit_seconds', 0):.0f} s"
     )

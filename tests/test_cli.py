@@ -64,7 +64,7 @@ def test_fit_a_packaged_experiment_outside_the_repo(tmp_path, fruit_data_dir):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "FRUITLAB_DATA_DIR": str(fruit_data_dir)}
     result = run("fit", "-e", "quickstart", *[f"--set={item}" for item in tiny], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "experiment 'quickstart'" in result.stderr and "best/val/class/acc" in result.stdout
+    assert "experiment 'quickstart'" in result.stderr and "val_best/class/acc" in result.stdout
     # The run was opened by the CLI's child while the parent imported Lightning (training/run_start.py): one run,
     # finished, with the tags known before the model and the weights' source logged after the first epoch.
     from mlflow.tracking import MlflowClient
@@ -105,7 +105,7 @@ def test_init_writes_a_file_that_check_accepts_and_fit_runs(tmp_path):
     (experiment,) = [e for e in client.search_experiments() if e.name != "Default"]
     assert experiment.name == "photos"  # the folder's own MLflow experiment, not the fruit demo's
     (finished,) = client.search_runs([experiment.experiment_id])
-    assert finished.info.status == "FINISHED" and "best/val/class/acc" in finished.data.metrics
+    assert finished.info.status == "FINISHED" and "val_best/class/acc" in finished.data.metrics
 
 
 def test_unknown_experiment(tmp_path):
@@ -206,7 +206,7 @@ def test_fit_on_a_folder_with_a_corrupt_image_skips_it_with_a_warning(tmp_path, 
     assert result.returncode == 0, result.stderr[-3000:]
     assert "broken.jpg" in result.stderr + result.stdout
     assert "1 " in result.stderr + result.stdout  # the warning counts the skipped files
-    assert "run " in result.stdout and "best/val/class/acc" in result.stdout
+    assert "run " in result.stdout and "val_best/class/acc" in result.stdout
     # what a fit prints and what it no longer does: Lightning's absent accelerators and its layer table with FLOPs
     out = result.stderr + result.stdout
     for noise in ("GPU available", "TPU available", "FLOPs", "Trainable params", "`Trainer.fit` stopped"):
@@ -259,7 +259,7 @@ def start_fit_until_first_checkpoint(tmp_path: Path, data_dir: Path) -> tuple[su
 
 
 def assert_resumed_to_the_end(client, run_id: str, resumed: subprocess.CompletedProcess) -> None:
-    """One run, FINISHED, every epoch once (both phases), one model and one value per best/* metric."""
+    """One run, FINISHED, every epoch once (both phases), one model and one value per val_best/* metric."""
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"run {run_id}" in resumed.stdout
     run_info = client.get_run(run_id)
@@ -268,7 +268,7 @@ def assert_resumed_to_the_end(client, run_id: str, resumed: subprocess.Completed
     val_epochs = [m.step for m in client.get_metric_history(run_id, "val/class/acc")]  # per-epoch: step = epoch
     assert sorted(val_epochs) == [1, 2, 3, 4], val_epochs  # every epoch once: none trained (and logged) twice
     assert [m.value for m in client.get_metric_history(run_id, "phase")][-1] == 1.0
-    assert len(client.get_metric_history(run_id, "best/val/class/acc")) == 1
+    assert len(client.get_metric_history(run_id, "val_best/class/acc")) == 1
     models = client.search_logged_models([run_info.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
     assert len(models) == 1
 
@@ -296,13 +296,13 @@ def test_interrupted_fit_resumes_in_the_same_run(tmp_path, fruit_data_dir):
     assert "resumed from the checkpoint in phase" in resumed.stderr
     assert "phase 1/2 'head': training" not in resumed.stderr.split("resumed from the checkpoint")[0]
 
-    # A finished run is not trained again: refused, and the run keeps one model and one value per best/* metric
+    # A finished run is not trained again: refused, and the run keeps one model and one value per val_best/* metric
     end_time = client.get_run(run_id).info.end_time
     again = run("fit", "--resume", run_id, cwd=tmp_path, env=env)
     assert_clean_error(again, f"run {run_id} (experiment 'resume') is FINISHED", f"fruitlab fit -e {exp}")
     finished = client.get_run(run_id)
     assert finished.info.status == "FINISHED" and finished.info.end_time == end_time
-    assert len(client.get_metric_history(run_id, "best/val/class/acc")) == 1
+    assert len(client.get_metric_history(run_id, "val_best/class/acc")) == 1
 
 
 @pytest.mark.slow
@@ -320,7 +320,7 @@ def test_a_fit_killed_with_sigkill_resumes_in_the_same_run(tmp_path, fruit_data_
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     assert client.get_run(run_id).info.status == "RUNNING"  # nobody marked it: the process died at once
-    assert not client.get_metric_history(run_id, "best/val/class/acc")
+    assert not client.get_metric_history(run_id, "val_best/class/acc")
     resumed = run("fit", "--resume", run_id, cwd=tmp_path, env=env)
     assert_resumed_to_the_end(client, run_id, resumed)
     assert "resumed from the checkpoint in phase" in resumed.stderr

@@ -72,4 +72,4 @@ def test_experiment_runs_a_real_training_step(name, tmp_path, monkeypatch, fruit
     losses = client.get_metric_history(result.run_id, "train/loss")
     assert losses and all(math.isfinite(m.value) for m in losses)
     task = "fruit" if exp.model.heads else "class"
-    assert f"best/val/{task}/acc" in result.metrics
+    assert f"val_best/{task}/acc" in result.metrics

@@ -45,4 +45,4 @@ def test_the_tiny_quickstart_run_finishes_as_the_readme_writes_it(tmp_path, frui
     # 16 s of CPU time warm; the grouped copy search on the fresh data folder and a busy machine: many minutes
     result = run(*args, cwd=tmp_path, env={**env, "FRUITLAB_CACHE_DIR": str(tmp_path / "cache")}, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "best/val/class/acc" in result.stdout and "experiment 'quickstart'" in result.stderr
+    assert "val_best/class/acc" in result.stdout and "experiment 'quickstart'" in result.stderr

@@ -341,7 +341,7 @@ def promote(
     experiment: ExperimentOpt,
     metric: Annotated[
         str | None,
-        typer.Option("--metric", help="rank runs by this metric (default: best/val/class/acc; multi-task: joint)"),
+        typer.Option("--metric", help="rank runs by this metric (default: val_best/class/acc; multi-task: joint)"),
     ] = None,
     model_name: Annotated[
         str | None, typer.Option("--model-name", help="registered model name (default: the experiment name)")
@@ -515,7 +515,7 @@ def compare(
     top: Annotated[int, typer.Option("--top", "-k", min=1, help="with --experiment: how many runs")] = 3,
     metric: Annotated[
         str | None,
-        typer.Option("--metric", help="with --experiment: rank by it (default best/val/joint/acc, else class/acc)"),
+        typer.Option("--metric", help="with --experiment: rank by it (default val_best/joint/acc, else class/acc)"),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for compare-<...>.png and .html")] = Path("reports"),
     tracking_uri: UriOpt = None,

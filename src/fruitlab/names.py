@@ -1,6 +1,6 @@
 """The vocabulary every package shares: task names and metric names. Defined once here, imported everywhere.
 
-Metric names are `{stage}/{task}/{metric}` (STYLE.md): `val/freshness/acc`, `best/val/class/f1_macro`, plus a few
+Metric names are `{stage}/{task}/{metric}` (STYLE.md): `val/freshness/acc`, `val_best/class/f1_macro`, plus a few
 stage-wide ones such as `val/loss`. A single-task model has one task, SINGLE_TASK; a multi-task model also reports
 JOINT, the share of images with every task right.
 """
@@ -19,8 +19,24 @@ FIRST_STEP_SECONDS = "first_step_seconds"  # fit() start to the first training b
 
 
 def metric_key(stage: str, task: str, metric: str) -> str:
-    """`{stage}/{task}/{metric}`, e.g. metric_key('best/val', 'class', 'acc') == 'best/val/class/acc'."""
+    """`{stage}/{task}/{metric}`, e.g. metric_key('val', 'class', 'acc') == 'val/class/acc'."""
     return f"{stage}/{task}/{metric}"
+
+
+# The best checkpoint's val scores (fit's final evaluation; a study's best trial on its parent run): stage VAL_BEST,
+# so the MLflow UI, which sorts chart sections by name, shows them after the per-epoch `val/...` curves
+# ('/' sorts before '_'). Runs logged before the rename carry `best/val/...`: tracking/metric_names.py reads both.
+VAL = "val"
+VAL_BEST = "val_best"
+
+
+def best_key(key: str) -> str:
+    """The best checkpoint's score under a per-epoch val metric's name: best_key('val/class/acc') ==
+    'val_best/class/acc', best_key('val/loss') == 'val_best/loss'."""
+    stage, slash, rest = key.partition("/")
+    if stage != VAL or not slash or not rest:
+        raise ValueError(f"best_key: {key!r} is not a per-epoch val metric (val/...)")
+    return f"{VAL_BEST}/{rest}"
 
 
 # Robustness (`fruitlab evaluate --corruptions`): `corrupt/<corruption>/<severity>/acc`, the model's headline

@@ -58,8 +58,8 @@ def store(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        single = logged_run(uri, "photos", {"best/val/class/acc": 0.5})
-        multi = logged_run(uri, "multi", {"best/val/joint/acc": 0.5}, tasks=TASKS)
+        single = logged_run(uri, "photos", {"val_best/class/acc": 0.5})
+        multi = logged_run(uri, "multi", {"val_best/joint/acc": 0.5}, tasks=TASKS)
         runs.client_for(uri).log_text(multi, MULTI_CONFIG, runs.CONFIG_ARTIFACT)
     photos = _write_folder(work / "photos", {"cat": "cat", "coffee": "coffee"})
     fruit = _write_folder(work / "fruit", {"cat": "freshapple", "coffee": "rottenbanana"})

@@ -34,8 +34,8 @@ def store(tmp_path_factory) -> SimpleNamespace:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        single = logged_run(uri, "export", {"best/val/class/acc": 0.5})
-        multi = logged_run(uri, "export", {"best/val/joint/acc": 0.5}, tasks=TASKS)
+        single = logged_run(uri, "export", {"val_best/class/acc": 0.5})
+        multi = logged_run(uri, "export", {"val_best/joint/acc": 0.5}, tasks=TASKS)
     return SimpleNamespace(work=work, uri=uri, runs={"single": single, "multi": multi})
 
 

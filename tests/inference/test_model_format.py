@@ -171,7 +171,7 @@ def log_pickled_model(uri: str, experiment: str) -> str:
             model, name="model", extra_files=extra, pip_requirements=["torch"], serialization_format="pickle"
         )
     runs.set_tags(client, run_id, {"fruitlab.model_uri": info.model_uri, "fruitlab.dataset_fingerprint": "fp"})
-    runs.log_metrics(client, run_id, {"best/val/class/acc": 0.5})
+    runs.log_metrics(client, run_id, {"val_best/class/acc": 0.5})
     runs.finish_run(client, run_id)
     return run_id
 

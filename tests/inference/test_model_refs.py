@@ -39,7 +39,7 @@ def store(tmp_path_factory) -> SimpleNamespace:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        run_id = logged_run(uri, "refs", {"best/val/class/acc": 0.5})
+        run_id = logged_run(uri, "refs", {"val_best/class/acc": 0.5})
         promote("refs")
         model_uri = runs.client_for(uri).get_run(run_id).data.tags["fruitlab.model_uri"]
         folder = mlflow.artifacts.download_artifacts(model_uri, dst_path=str(work / "folder"))

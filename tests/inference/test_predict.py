@@ -32,9 +32,9 @@ def store(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        logged_run(uri, "photos", {"best/val/class/acc": 0.5})
+        logged_run(uri, "photos", {"val_best/class/acc": 0.5})
         promote("photos")
-        multi = logged_run(uri, "multi", {"best/val/joint/acc": 0.5}, tasks=TASKS)
+        multi = logged_run(uri, "multi", {"val_best/joint/acc": 0.5}, tasks=TASKS)
     return SimpleNamespace(work=work, uri=uri, multi=multi)
 
 

@@ -112,7 +112,7 @@ def store(tmp_path_factory, photos):
         mp.chdir(work)
         mp.setenv("FRUITLAB_DATA_DIR", str(data_dir))
         fingerprint = load_dataset(DataConfig(dataset="image_folder", root=str(own)), seed=42).fingerprint
-        model = logged_run(uri, "robust", {"best/val/class/acc": 0.5}, fingerprint=fingerprint)
+        model = logged_run(uri, "robust", {"val_best/class/acc": 0.5}, fingerprint=fingerprint)
         config = f"data: {{dataset: image_folder, root: '{own}'}}\nmodel: {{backbone: test_efficientnet}}\n"
         runs.client_for(uri).log_text(model, config, runs.CONFIG_ARTIFACT)
     return SimpleNamespace(work=work, uri=uri, model=model, own=own, other=other, data_dir=data_dir)

@@ -17,7 +17,7 @@ from fruitlab.tracking.registry import promote
 from tests.tracking.helpers import logged_run
 
 FRUITS = ["freshapples", "freshbanana", "freshoranges", "rottenapples", "rottenbanana", "rottenoranges"]
-ACC = "best/val/class/acc"
+ACC = "val_best/class/acc"
 ADMIN_TOKEN = "test-admin-token-4f9c2a7e"  # the servers tests start are given this admin token unless told otherwise
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

@@ -127,7 +127,7 @@ def test_the_parent_run_has_the_best_trial_and_the_plots(swept):
     assert parent.data.tags["fruitlab.best_trial"] == str(best.number)
     lr = best.params["finetune.phases.0.optimizer.lr"]
     assert float(parent.data.tags["best.finetune.phases.0.optimizer.lr"]) == pytest.approx(lr)
-    assert parent.data.metrics["best/val/loss"] == pytest.approx(best.value)
+    assert parent.data.metrics["val_best/loss"] == pytest.approx(best.value)
     assert parent.data.metrics["trials_pruned"] >= 1 and parent.data.metrics["trials_failed"] == 1
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")}
     assert "sweep/trials.csv" in names and {n for n in names if n.endswith(".html")} == {"sweep/report.html"}
@@ -155,7 +155,7 @@ def test_the_same_study_resumes_without_repeating_finished_trials(swept):
 def test_promote_then_predict_real_photos_in_fresh_processes(swept, tmp_path):
     env = {**os.environ, "MLFLOW_TRACKING_URI": swept.uri}
     promoted = subprocess.run(
-        [FRUITLAB, "promote", "-e", str(swept.work / "tiny.yaml"), "--metric", "best/val/class/acc"],
+        [FRUITLAB, "promote", "-e", str(swept.work / "tiny.yaml"), "--metric", "val_best/class/acc"],
         cwd=swept.work,
         env=env,
         capture_output=True,

@@ -19,7 +19,7 @@ from tests.test_cli import assert_clean_error, run
 
 pytestmark = pytest.mark.smoke
 
-ACC, F1 = "best/val/class/acc", "best/val/class/f1_macro"
+ACC, F1 = "val_best/class/acc", "val_best/class/f1_macro"
 STEPS_PER_EPOCH = 84  # like the fruit runs: Lightning logs epoch metrics at the global step
 
 
@@ -81,7 +81,7 @@ def store(tmp_path_factory) -> SimpleNamespace:
         version = client.create_model_version("cmp", f"runs:/{ids['mid']}/model", run_id=ids["mid"])
         client.set_registered_model_alias("cmp", "champion", version.version)
         finished_run(client, uri, "cmp", {ACC: 0.99}, **{"fruitlab.role": "sweep"})
-        ids["multi"] = finished_run(client, uri, "multi", {"best/val/joint/acc": 0.6})
+        ids["multi"] = finished_run(client, uri, "multi", {"val_best/joint/acc": 0.6})
         curves = {"val/loss": [2.0, 1.5], "val/fruit/acc": [0.4, 0.7], "val/freshness/acc": [0.6, 0.8]}
         log_history(client, ids["multi"], curves | {"val/joint/acc": [0.3, 0.55]}, phases=[0, 1])
     return SimpleNamespace(work=work, uri=uri, ids=ids, client=MlflowClient(uri))
@@ -142,7 +142,7 @@ def test_a_multi_task_run_has_curves_per_task(store, tmp_path):
     [
         ({"experiment": "cmpp"}, "no MLflow experiment 'cmpp' in sqlite:"),
         ({"experiment": "cmpp"}, "did you mean 'cmp'?"),
-        ({"experiment": "cmp", "metric": "best/val/class/ac"}, "did you mean 'best/val/class/acc'"),
+        ({"experiment": "cmp", "metric": "val_best/class/ac"}, "did you mean 'val_best/class/acc'"),
         ({"run_refs": ["0" * 32]}, "it has 5 runs in experiments cmp, multi"),
         ({"run_refs": ["champion"]}, "unknown model 'champion': expected models:/NAME@ALIAS"),
         ({"run_refs": ["models:/cmp@champ"]}, "did you mean 'champion'"),
@@ -167,6 +167,28 @@ def test_cli_prints_the_table_and_writes_the_files(store, tmp_path):
     unknown = run("compare", "--experiment", "cmpp", env=env)
     assert_clean_error(unknown, "did you mean 'cmp'?")
     assert len(unknown.stderr.strip().splitlines()) == 1
+
+
+def test_runs_logged_with_the_old_names_rank_and_show_beside_new_ones(mlflow_uri):
+    """Runs from before val_best/... carry best/val/...: ranked and shown under today's names, one row per metric."""
+    client = runs.client_for(mlflow_uri)
+    old = {"best/val/class/acc": 0.85, "best/val/class/f1_macro": 0.80, "test/class/acc": 0.70}
+    ids = {
+        "old": finished_run(client, mlflow_uri, "mixed", old),
+        "new": finished_run(client, mlflow_uri, "mixed", {ACC: 0.90, F1: 0.88}),
+        "low": finished_run(client, mlflow_uri, "mixed", {ACC: 0.60}),
+    }
+    comparison = compare_runs(mlflow_uri, experiment="mixed", top=3)
+    assert [r.run_id for r in comparison.runs] == [ids["new"], ids["old"], ids["low"]]
+    assert comparison.title == f"top 3 of mixed by {ACC}"
+    rows = {row.name: row for row in comparison.rows() if row.section == "metrics"}
+    assert list(rows) == ["test/class/acc", ACC, F1]  # no best/val/... row beside the new one
+    assert rows[ACC].cells == ["0.9000", "0.8500", "0.6000"] and rows[F1].cells == ["0.8800", "0.8000", "-"]
+
+    by_old_name = compare_runs(mlflow_uri, experiment="mixed", top=1, metric="best/val/class/f1_macro")
+    assert [r.run_id for r in by_old_name.runs] == [ids["new"]] and by_old_name.title.endswith(f"by {F1}")
+    only_old = finished_run(client, mlflow_uri, "old-only", old)  # the default metric, under its old name
+    assert [r.run_id for r in compare_runs(mlflow_uri, experiment="old-only").runs] == [only_old]
 
 
 def test_a_missing_store_is_not_created(tmp_path):

@@ -6,11 +6,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from fruitlab.errors import FruitlabError, TrackingError
+from fruitlab.names import best_key
 from fruitlab.tracking.registry import promote
 from tests.test_cli import assert_clean_error, run
 from tests.tracking.helpers import logged_run
 
-ACC = "best/val/class/acc"
+ACC = best_key("val/class/acc")
+LEGACY_ACC = "best/val/class/acc"  # what runs logged before val_best/... carry
 
 pytestmark = pytest.mark.smoke
 
@@ -59,16 +61,43 @@ def test_scores_on_other_data_are_not_compared(mlflow_uri):
 
 
 def test_a_loss_metric_ranks_low_first_and_model_name_is_free(mlflow_uri):
-    logged_run(mlflow_uri, "loss", {ACC: 0.5, "best/val/loss": 0.9})
-    low = logged_run(mlflow_uri, "loss", {ACC: 0.4, "best/val/loss": 0.3})
-    result = promote("loss", metric="best/val/loss", model_name="fruits")
+    logged_run(mlflow_uri, "loss", {ACC: 0.5, "val_best/loss": 0.9})
+    low = logged_run(mlflow_uri, "loss", {ACC: 0.4, "val_best/loss": 0.3})
+    result = promote("loss", metric="val_best/loss", model_name="fruits")
     assert result.run_id == low and result.model_name == "fruits"
+
+
+def test_runs_logged_with_the_old_names_rank_and_defend_the_champion(mlflow_uri):
+    """A store from before val_best/...: its runs carry best/val/...; promote reads them under the new name."""
+    old = logged_run(mlflow_uri, "legacy", {LEGACY_ACC: 0.80, "best/val/loss": 0.4})
+    older = logged_run(mlflow_uri, "legacy", {LEGACY_ACC: 0.75, "best/val/loss": 0.2})
+    client = MlflowClient(mlflow_uri)
+    first = promote("legacy")  # the default metric, val_best/class/acc, found under its old name
+    assert (first.run_id, first.metric, first.score, first.champion) == (old, ACC, 0.80, True)
+
+    worse = logged_run(mlflow_uri, "legacy", {ACC: 0.70})  # a run of today's fruitlab, worse than the old champion
+    assert promote("legacy").run_id == old  # ranked together: 0.80 (old name) beats 0.70 (new name)
+    second = promote("legacy", run_id=worse)
+    assert not second.champion and second.previous_score == 0.80
+    assert "0.7000 does not beat the champion (version 1)'s 0.8000 on the same data" in second.reason
+    assert client.get_model_version("legacy", "2").tags["fruitlab.champion_score"] == "0.8"
+
+    better = logged_run(mlflow_uri, "legacy", {ACC: 0.90})
+    third = promote("legacy")
+    assert (third.run_id, third.champion) == (better, True)
+    assert "0.9000 beats the champion (version 1)'s 0.8000" in third.reason
+    assert aliases(client, "legacy") == {"candidate": "3", "champion": "3"}
+
+    by_old_name = promote("legacy", metric=LEGACY_ACC)  # an old script's --metric means today's name
+    assert (by_old_name.run_id, by_old_name.metric) == (better, ACC)
+    loss = promote("legacy", metric="val_best/loss", model_name="by-loss")  # only old runs have it: the lower one
+    assert (loss.run_id, loss.score) == (older, 0.2)
 
 
 def test_bad_input_names_what_exists(mlflow_uri):
     logged_run(mlflow_uri, "errs", {ACC: 0.5})
-    with pytest.raises(TrackingError, match="did you mean 'best/val/class/acc'"):
-        promote("errs", metric="best/val/class/accuracy")
+    with pytest.raises(TrackingError, match="did you mean 'val_best/class/acc'"):
+        promote("errs", metric="val_best/class/accuracy")
     with pytest.raises(FruitlabError, match="did you mean 'errs'"):
         promote("erss")
     with pytest.raises(TrackingError, match=r"no run '0000.* in the tracking store"):

@@ -67,4 +67,4 @@ def test_fit_with_ema_checkpoints_and_logs_the_averaged_weights(tmp_path, fruit_
     logged = load_predictor(result.model_uri, device="cpu", uri=mlflow_uri).model.state_dict()
     for key in head:
         assert torch.allclose(logged[key], averaged[key], atol=1e-6), key
-    assert result.metrics["best/val/class/acc"] >= 0.0
+    assert result.metrics["val_best/class/acc"] >= 0.0

@@ -50,7 +50,7 @@ def test_fit_logs_run_metrics_artifacts_and_model(smoke_run):
     assert len(client.get_metric_history(result.run_id, "val/loss")) == 2
     assert [m.value for m in client.get_metric_history(result.run_id, "phase")] == [0.0, 1.0]
     assert client.get_metric_history(result.run_id, "lr/backbone")[-1].value == pytest.approx(1e-3)
-    assert 0.0 <= run.data.metrics["best/val/class/acc"] <= 1.0
+    assert 0.0 <= run.data.metrics["val_best/class/acc"] <= 1.0
     # the fixed cost before training, logged once: after fit() started, before it ended
     assert len(client.get_metric_history(result.run_id, "first_step_seconds")) == 1
     assert 0.0 < run.data.metrics["first_step_seconds"] < run.data.metrics["fit_seconds"]
@@ -79,15 +79,15 @@ def test_run_page_shows_epochs_phases_data_and_a_description(smoke_run):
     fingerprint = tags["fruitlab.dataset_fingerprint"]
     assert f"`{fingerprint}`" in note and "split `dli`: 36 train / 36 val images" in note
     assert "| 1 top | 2-2 (of 1 planned) | last_stages: 2 | sgd | 0.01 / 0.001 | constant |" in note
-    acc = run.data.metrics["best/val/class/acc"]
-    assert f"| `best/val/class/acc` | {acc:.4f} |" in note
+    acc = run.data.metrics["val_best/class/acc"]
+    assert f"| `val_best/class/acc` | {acc:.4f} |" in note
     (data,) = run.inputs.dataset_inputs
     assert data.dataset.digest == fingerprint and data.dataset.name == "fruits_fresh_rotten (dli)"
     assert "fruits-fresh-rotten" in data.dataset.source
     model = client.get_logged_model(result.model_uri.removeprefix("models:/"))
-    linked = {m.key: m for m in model.metrics if m.key.startswith("best/")}
-    assert linked["best/val/class/acc"].dataset_digest == fingerprint and linked["best/val/class/acc"].value == acc
-    assert [m.value for m in client.get_metric_history(result.run_id, "best/val/class/acc")] == [acc]  # logged once
+    linked = {m.key: m for m in model.metrics if m.key.startswith("val_best/")}
+    assert linked["val_best/class/acc"].dataset_digest == fingerprint and linked["val_best/class/acc"].value == acc
+    assert [m.value for m in client.get_metric_history(result.run_id, "val_best/class/acc")] == [acc]  # logged once
     assert "learning_curves.png" in {a.path for a in client.list_artifacts(result.run_id)}
 
 

@@ -213,7 +213,7 @@ def test_multitask_fit_logs_per_task_curves_confusions_and_weights(multitask_run
         assert len(client.get_metric_history(result.run_id, key)) == 2, key  # one point per epoch
     # the learned weights moved away from 1 after the first epoch
     assert client.get_metric_history(result.run_id, "loss_weight/fruit")[-1].value != 1.0
-    for key in ("best/val/fruit/acc", "best/val/freshness/f1_macro", "best/val/joint/acc"):
+    for key in ("val_best/fruit/acc", "val_best/freshness/f1_macro", "val_best/joint/acc"):
         assert 0.0 <= run.data.metrics[key] <= 1.0
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
     assert {"evaluation/val_fruit_confusion.png", "evaluation/val_freshness_confusion.png"} <= artifacts

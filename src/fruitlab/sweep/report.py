@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from fruitlab.config import short_key
+from fruitlab.names import best_key
 from fruitlab.sweep.storage import INTERRUPTED_ATTR, RETRY_ATTR
 from fruitlab.tracking import runs
 
@@ -88,8 +89,9 @@ def summarise(study: optuna.Study) -> StudySummary:
 
 
 def log_summary(client: MlflowClient, run_id: str, study: optuna.Study, summary: StudySummary, metric: str) -> None:
-    """Best params and value (tags and a metric: params are immutable, and a resumed study's best moves on),
-    counts, every trial as CSV, and the study plots as HTML, on the parent run."""
+    """Best params and value (tags, and the metric names.best_key(metric), e.g. `val_best/class/acc`: params are
+    immutable, and a resumed study's best moves on), counts, every trial as CSV, and the study plots as HTML, on the
+    parent run."""
     metrics = {
         "trials_complete": summary.complete,
         "trials_pruned": summary.pruned,
@@ -100,7 +102,7 @@ def log_summary(client: MlflowClient, run_id: str, study: optuna.Study, summary:
     tags: dict[str, Any] = {}
     if summary.best is not None:
         best = summary.best
-        metrics[f"best/{metric}"] = float(best.value)  # type: ignore[arg-type]
+        metrics[best_key(metric)] = float(best.value)  # type: ignore[arg-type]
         tags |= {"fruitlab.best_trial": best.number, "fruitlab.best_run_id": best.user_attrs.get("fruitlab.run_id")}
         tags |= {f"best.{key}": value for key, value in best.params.items()}
         best_json = {"value": best.value, "trial": best.number, "params": best.params}

@@ -3,8 +3,9 @@
 Everything comes from MLflow. fit logs each epoch's metrics at step = epochs trained (1, 2, ...); runs of older fruitlab
 versions logged them at Lightning's global step with an `epoch` metric at the same step, whose history turns those
 steps into epochs. `phase` marks where a fine-tuning phase begins. The runs
-are named (see tracking/refs.py) or the top K of an experiment by a metric. Rendering (terminal table, PNG, HTML)
-is in tracking/compare_report.py.
+are named (see tracking/refs.py) or the top K of an experiment by a metric. Summary metrics are read by today's names
+(tracking/metric_names.py): a run logged as `best/val/...` ranks and shows beside new runs as `val_best/...`.
+Rendering (terminal table, PNG, HTML) is in tracking/compare_report.py.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from mlflow.tracking import MlflowClient
 
 from fruitlab.config import short_key
 from fruitlab.errors import TrackingError, did_you_mean
-from fruitlab.tracking import refs, runs, tags
-from fruitlab.tracking.registry import maximize
+from fruitlab.names import VAL_BEST
+from fruitlab.tracking import metric_names, refs, runs, tags
+from fruitlab.tracking.registry import MULTI_METRIC, SINGLE_METRIC, maximize
 
-DEFAULT_METRICS = ("best/val/joint/acc", "best/val/class/acc")  # ranking: multi-task runs first, then single-task
-SUMMARY_PREFIXES = ("best/", "test/")  # metrics of the evaluated best checkpoint
+DEFAULT_METRICS = (MULTI_METRIC, SINGLE_METRIC)  # ranking: multi-task runs first, then single-task
+SUMMARY_PREFIXES = (f"{VAL_BEST}/", "test/")  # metrics of the evaluated best checkpoint
 # Shown whatever their values; every other param only where the runs differ.
 KEY_PARAMS = re.compile(
     r"model\.backbone|model\.pretrained|data\.(dataset|split|batch_size)|preprocess\.input_size|seed|"
@@ -152,8 +154,8 @@ def top_runs(client: MlflowClient, experiment: str, k: int, metric: str | None, 
     finished = [r for r in finished if r.data.tags.get(SWEEP_PARENT[0]) != SWEEP_PARENT[1]]
     if not finished:
         raise TrackingError(f"experiment {experiment!r} has no finished run in {uri}")
-    logged = sorted({k for r in finished for k in r.data.metrics})
-    metric = metric or next((m for m in DEFAULT_METRICS if m in logged), None)
+    logged = sorted({k for r in finished for k in metric_names.metrics(r)})
+    metric = metric_names.current_name(metric) if metric else next((m for m in DEFAULT_METRICS if m in logged), None)
     if metric is None or metric not in logged:
         asked = metric or DEFAULT_METRICS[1]
         summary = [m for m in logged if m.startswith(SUMMARY_PREFIXES)] or logged
@@ -161,12 +163,9 @@ def top_runs(client: MlflowClient, experiment: str, k: int, metric: str | None, 
             f"no finished run of {experiment!r} has the metric {asked!r}{did_you_mean(asked, logged)}; "
             f"give --metric one of: {', '.join(summary) or 'none (its runs logged no metrics)'}"
         )
-    ranked = sorted(
-        (r for r in finished if metric in r.data.metrics),
-        key=lambda r: r.data.metrics[metric],
-        reverse=maximize(metric),
-    )
-    return ranked[:k], metric
+    scored = [(score, r) for r in finished if (score := metric_names.metric(r, metric)) is not None]
+    ranked = sorted(scored, key=lambda pair: pair[0], reverse=maximize(metric))
+    return [r for _, r in ranked[:k]], metric
 
 
 # ------------------------------------------------------------------------------------------------ internals
@@ -189,7 +188,7 @@ def run_summary(client: MlflowClient, run: Run, experiment: str) -> RunSummary:
         start_ms=info.start_time,
         end_ms=info.end_time,
         params=dict(data.params),
-        metrics=dict(data.metrics),
+        metrics=metric_names.metrics(run),
     )
     wanted = [k for k in data.metrics if k in ("train/loss", "val/loss") or re.fullmatch(r"val/[^/]+/acc", k)]
     epoch_at = {m.step: int(m.value) + 1 for m in client.get_metric_history(info.run_id, "epoch")}

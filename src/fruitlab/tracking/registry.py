@@ -19,9 +19,12 @@ from mlflow.tracking import MlflowClient
 
 from fruitlab.config import load_experiment, resolve_experiment_path
 from fruitlab.errors import ConfigError, TrackingError, did_you_mean
-from fruitlab.tracking import refs, runs, tags
+from fruitlab.names import JOINT, SINGLE_TASK, best_key, metric_key
+from fruitlab.tracking import metric_names, refs, runs, tags
 
 CANDIDATE, CHAMPION = "candidate", "champion"
+SINGLE_METRIC = best_key(metric_key("val", SINGLE_TASK, "acc"))  # the default metric: val_best/class/acc
+MULTI_METRIC = best_key(metric_key("val", JOINT, "acc"))  # a multi-task experiment's: val_best/joint/acc
 FINGERPRINT = tags.DATASET_FINGERPRINT
 MODEL_URI_TAG = tags.MODEL_URI
 
@@ -54,11 +57,15 @@ def promote(
     run_id: str | None = None,
     uri: str | None = None,
 ) -> Promotion:
-    """Register the best run of `experiment` by `metric` (or `run_id`), set `candidate`, maybe move `champion`."""
+    """Register the best run of `experiment` by `metric` (or `run_id`), set `candidate`, maybe move `champion`.
+
+    Scores are read through tracking/metric_names.py: a run logged with the legacy `best/val/...` names ranks, and is
+    compared as champion, under today's `val_best/...`; a legacy `metric` means today's name.
+    """
     uri = runs.tracking_uri(uri)
     client = runs.client_for(uri)
     name, default_metric = _mlflow_experiment(experiment, client)
-    metric = metric or default_metric
+    metric = metric_names.current_name(metric or default_metric)
     run = _chosen_run(client, name, metric, run_id, uri)
     model_name = model_name or name
     version = _register(client, model_name, run)
@@ -85,16 +92,20 @@ def maximize(metric: str) -> bool:
 
 
 def best_run(client: MlflowClient, experiment_id: str, metric: str) -> Run | None:
-    """The finished run with a logged model and the best `metric`; None when no run has both."""
+    """The finished run with a logged model and the best `metric` (or its legacy name); None when no run has both."""
     order = "DESC" if maximize(metric) else "ASC"
-    found = client.search_runs(
-        [experiment_id], "attributes.status = 'FINISHED'", order_by=[f"metrics.`{metric}` {order}"], max_results=5000
-    )
-    usable = [r for r in found if metric in r.data.metrics and MODEL_URI_TAG in r.data.tags]
+    found = {}
+    for name in metric_names.names(metric):  # the best 5000 under each name
+        for run in client.search_runs(
+            [experiment_id], "attributes.status = 'FINISHED'", order_by=[f"metrics.`{name}` {order}"], max_results=5000
+        ):
+            found[run.info.run_id] = run
+    scored = [(score, r) for r in found.values() if (score := metric_names.metric(r, metric)) is not None]
+    usable = [(score, r) for score, r in scored if MODEL_URI_TAG in r.data.tags]
     if not usable:
         return None
     pick = max if maximize(metric) else min
-    return pick(usable, key=lambda r: r.data.metrics[metric])
+    return pick(usable, key=lambda pair: pair[0])[1]
 
 
 # ------------------------------------------------------------------------------------------------ internals
@@ -104,12 +115,12 @@ def _mlflow_experiment(experiment: str, client: MlflowClient) -> tuple[str, str]
         resolve_experiment_path(experiment)
     except ConfigError as missing:
         if client.get_experiment_by_name(experiment) is not None:
-            return experiment, "best/val/class/acc"
+            return experiment, SINGLE_METRIC
         known = [e.name for e in client.search_experiments()]
         hint, listing = did_you_mean(experiment, known), ", ".join(known) or "none"
         raise TrackingError(f"{missing}; nor is it an MLflow experiment{hint} (MLflow has: {listing})") from None
     exp = load_experiment(experiment)
-    metric = "best/val/joint/acc" if exp.model.heads else "best/val/class/acc"
+    metric = MULTI_METRIC if exp.model.heads else SINGLE_METRIC
     return exp.tracking.experiment or exp.name, metric
 
 
@@ -119,7 +130,7 @@ def _chosen_run(client: MlflowClient, name: str, metric: str, run_id: str | None
         raise TrackingError(f"no MLflow experiment {name!r} in {uri}: nothing was fitted for it yet")
     if run_id:
         run = refs.resolve_run(client, run_id, uri)  # any form a model reference takes, prefixes included
-        if MODEL_URI_TAG not in run.data.tags or metric not in run.data.metrics:
+        if MODEL_URI_TAG not in run.data.tags or metric_names.metric(run, metric) is None:
             raise TrackingError(f"run {run_id} has no logged model or no {metric!r} metric: it cannot be promoted")
         return run
     run = best_run(client, found.experiment_id, metric)
@@ -132,7 +143,7 @@ def _chosen_run(client: MlflowClient, name: str, metric: str, run_id: str | None
             f"experiment {name!r} has no finished run with a logged model in {uri}; run `fruitlab fit` or "
             "`fruitlab sweep` first"
         )
-    known = sorted({k for r in with_model for k in r.data.metrics})
+    known = sorted({k for r in with_model for k in metric_names.metrics(r)})
     raise TrackingError(
         f"no run of experiment {name!r} has the metric {metric!r}{did_you_mean(metric, known)} "
         f"(its runs have: {', '.join(known)})"
@@ -157,7 +168,8 @@ def _register(client: MlflowClient, model_name: str, run: Run) -> ModelVersion:
 
 
 def _decide(client: MlflowClient, model_name: str, version: ModelVersion, run: Run, metric: str) -> Promotion:
-    score = run.data.metrics[metric]
+    score = metric_names.metric(run, metric)
+    assert score is not None  # _chosen_run picks only runs with the metric
     result = Promotion(model_name, str(version.version), run.info.run_id, metric, score, champion=True, reason="")
     champion = _by_alias(client, model_name, CHAMPION)
     if champion is None:
@@ -170,7 +182,7 @@ def _decide(client: MlflowClient, model_name: str, version: ModelVersion, run: R
         return result
     result.champion = False
     champion_run = _run_or_none(client, champion.run_id)
-    theirs = champion_run.data.metrics.get(metric) if champion_run else None
+    theirs = metric_names.metric(champion_run, metric) if champion_run else None
     result.previous_score = theirs
     mine_fp = run.data.tags.get(FINGERPRINT)
     their_fp = champion_run.data.tags.get(FINGERPRINT) if champion_run else None

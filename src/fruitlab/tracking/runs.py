@@ -125,7 +125,7 @@ def check_resumable(uri: str, run_id: str) -> str:
     """The run's MLflow experiment name; TrackingError for an unknown run or one that already FINISHED.
 
     `fit --resume` continues an interrupted run (KILLED by Ctrl+C, FAILED, or still RUNNING after a kill -9);
-    resuming a finished one would train it again and log a second model and every `best/*` metric twice.
+    resuming a finished one would train it again and log a second model and every `val_best/*` metric twice.
     """
     client = client_for(uri)
     try:

@@ -1,7 +1,7 @@
 """The last step of fit: the best checkpoint evaluated on val (and test), logged to the run.
 
 The numbers come from the same pipeline as `fruitlab evaluate` (evaluation/metrics.py: evaluate_probabilities) and
-carry the same names, `{stage}/{task}/{metric}` with stage `best/val` or `test` (names.metric_key); fit adds a
+carry the same names, `{stage}/{task}/{metric}` with stage `val_best` or `test` (names.metric_key); fit adds a
 per-class CSV, a confusion matrix image and the report JSON per split under `evaluation/`.
 
 When the best checkpoint is the one saved after the last validation pass (training kept improving to the end),
@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from fruitlab.evaluation.metrics import evaluate_probabilities, headline
 from fruitlab.evaluation.report import confusion_figure, predict_batches
-from fruitlab.names import JOINT, SINGLE_TASK, metric_key
+from fruitlab.names import JOINT, SINGLE_TASK, VAL_BEST, metric_key
 
 SPLITS = ("val", "test")
 SUMMARY = ("acc", "f1_macro")  # what fit returns and prints per task (every metric is logged)
@@ -100,7 +100,7 @@ def summary_metrics(reports: dict[str, dict[str, Any]]) -> dict[str, float]:
 
 
 def stage(split: str) -> str:
-    return "best/val" if split == "val" else "test"
+    return VAL_BEST if split == "val" else "test"
 
 
 def _evaluate_and_log(
