@@ -59,7 +59,17 @@ ROOT = Path(__file__).resolve().parents[1]
 OVERHEAD_YAML = ROOT / "benchmarks" / "overhead.yaml"
 HANDLOOP = ROOT / "benchmarks" / "handloop.py"
 FRUITLAB = str(Path(sys.executable).with_name("fruitlab"))  # the venv's console script
-VAL_ACC = best_key("val/class/acc")  # the best checkpoint's val accuracy, as fit logs it (the runs made here)
+VAL_ACC = best_key("val/class/acc")  # the best checkpoint's val accuracy (overhead's `base` side may log it as
+# best/val/class/acc: a checkout from before the rename; val_acc() reads either)
+
+
+def val_acc(run: Any) -> float:
+    from fruitlab.tracking.metric_names import metric
+
+    found = metric(run, VAL_ACC)
+    if found is None:
+        raise SystemExit(f"run {run.info.run_id} logged no {VAL_ACC}")
+    return found
 
 
 @dataclass(frozen=True)
@@ -131,8 +141,10 @@ def overhead(sizes: Sizes, args: argparse.Namespace) -> list[str]:
         "First step = from the process start to the first training batch (fit: the MLflow timestamp of its "
         "`first_step_seconds` metric; the hand loop prints the time). Inside = from the first line of "
         "fit()/main() to its end; outside = process wall minus inside (interpreter start, imports, CLI, exit). "
-        "fit's split comes from its MLflow run: set-up until the run starts, training until the last epoch metric, "
-        f"finishing (best checkpoint, evaluation, reports, model logging) until the run ends.{base}",
+        "fit's split comes from its MLflow run: set-up = fit()'s start to the first batch (`first_step_seconds`; "
+        "the CLI may have opened the run before fit() starts), training = from the first batch to the last epoch "
+        "metric, finishing (best checkpoint, evaluation, reports, model logging) until the run ends; the hand "
+        f"loop's set-up ends before its loop starts, its training is the loop.{base}",
     ]
     return [*lines, "", *overhead_table(runs, list(sides)), "", *trial_lines]
 
@@ -215,8 +227,8 @@ def sweep_trial_cost(sizes: Sizes, tmp: Path, uri: str, fits: list[dict[str, Any
         f"one-value search space (the experiment's own seed), {trials} trials, in one process ({done.wall_s:.0f} s "
         "wall). A trial runs without the progress bar and checkpoints on the sweep metric (val/class/acc), as every "
         "trial does. wall = the trial (Optuna's start to complete) or the fit process; first step = from fit()'s "
-        "start (trial) or the process start (fit) to the first training batch; training = from the MLflow run's "
-        "start to the last epoch metric; fixed = wall - training.",
+        "start (trial) or the process start (fit) to the first training batch; training = from the first batch to "
+        "the last epoch metric; fixed = wall - training.",
         "",
         *table(["", "wall s", "first step s", "training s", "finishing s", "fixed s", "val acc"], rows),
     ]
@@ -295,17 +307,17 @@ def fit_report(uri: str, experiment_name: str) -> dict[str, float]:
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(experiment_name)
     run = client.search_runs([experiment.experiment_id], order_by=["attribute.start_time DESC"], max_results=1)[0]
-    run_id, start, end = run.info.run_id, run.info.start_time / 1000, run.info.end_time / 1000
+    run_id, end = run.info.run_id, run.info.end_time / 1000
     trained = max(m.timestamp for key in ("train/loss", "val/loss") for m in client.get_metric_history(run_id, key))
     total = run.data.metrics["fit_seconds"]
-    first_step = client.get_metric_history(run_id, "first_step_seconds")[0].timestamp / 1000
+    first = client.get_metric_history(run_id, "first_step_seconds")[0]
     return {
-        "first_step_at": first_step,
+        "first_step_at": first.timestamp / 1000,
         "total_s": total,
-        "setup_s": total - (end - start),
-        "train_s": trained / 1000 - start,
+        "setup_s": first.value,  # fit() start to the first batch (the run itself may have been opened earlier)
+        "train_s": trained / 1000 - first.timestamp / 1000,
         "final_s": end - trained / 1000,
-        "val_acc": run.data.metrics[VAL_ACC],
+        "val_acc": val_acc(run),
     }
 
 
@@ -320,13 +332,14 @@ def trial_reports(uri: str, experiment_name: str) -> list[dict[str, float]]:
     for run in sorted(found, key=lambda r: int(r.data.tags["fruitlab.trial_number"])):
         history = [m for key in ("train/loss", "val/loss") for m in client.get_metric_history(run.info.run_id, key)]
         trained = max(m.timestamp for m in history) / 1000
-        start, end = run.info.start_time / 1000, run.info.end_time / 1000
+        first = client.get_metric_history(run.info.run_id, "first_step_seconds")[0]
+        end = run.info.end_time / 1000
         reports.append(
             {
-                "first_step_s": run.data.metrics["first_step_seconds"],
-                "train_s": trained - start,
+                "first_step_s": first.value,
+                "train_s": trained - first.timestamp / 1000,
                 "final_s": end - trained,
-                "val_acc": run.data.metrics[VAL_ACC],
+                "val_acc": val_acc(run),
             }
         )
     return reports
