@@ -1,6 +1,6 @@
 """The MLflow UI in a real browser (Debian's chromium, headless, a fresh profile) on the server `fruitlab ui` starts,
 over a store holding two fruitlab fits of the same experiment and seed: the link it prints opens model-training mode
-and it stays there when the user clicks into an experiment (no URL parameter); two run names; curves against epochs.
+and it stays there on an experiment's own address (no URL parameter); two run names; curves against epochs.
 
 Screenshots go to the test's tmp dir; with FRUITLAB_SCREENSHOTS=/some/dir they are copied there too (docs/ holds
 three of them).
@@ -92,22 +92,33 @@ def test_mlflow_ui_shows_model_training_two_run_names_and_epoch_curves(two_fits,
         driver.get(link)
         wait(driver, lambda d: d.find_elements(By.LINK_TEXT, "tiny") and not genai_words(d), LOAD_S)
 
-        # A click into the experiment, as a user does: the URL has no workflowType, the mode is kept (the page
-        # stored it in the browser). Both fits by name, the model-training sidebar (Runs, Models), no GenAI pages.
-        driver.find_element(By.LINK_TEXT, "tiny").click()
+        # The page stored the mode in the browser: the experiment's own address, without any workflowType (a
+        # bookmark, a link from a colleague, the address bar), opens in model-training mode too. Both fits by name,
+        # the model-training sidebar (Runs, Models), no GenAI pages.
+        stored = driver.execute_script("return window.localStorage.getItem('mlflow.workflowType_v1')")
+        assert stored == '"machine_learning"', stored
+        driver.get(f"{base}/#/experiments/{experiment_id}/runs")
         wait(driver, lambda d: all(d.find_elements(By.LINK_TEXT, n) for n in names), LOAD_S)
-        assert "workflowType" not in driver.current_url, driver.current_url
         # the Datasets column (the dataset input) fills in after the names
         wait(driver, lambda d: "fruits_fresh_rotten (dli)" in page_text(d), LOAD_S)
         text = page_text(driver)
         assert "Model training" in text and "Runs" in text and "Models" in text
-        assert genai_words(driver) == []
+        assert genai_words(driver) == [] and "Ask questions about your" not in text  # no assistant pane opened
         driver.save_screenshot(str(tmp_path / "mlflow-runs.png"))
+        with chromium(1400, 900) as fresh:  # control: a browser that never opened the link gets MLflow's GenAI mode
+            fresh.get(f"{base}/#/experiments/{experiment_id}/runs")
+            wait(fresh, genai_words, LOAD_S)
 
         # A run's curves: x is the epoch (1, 2, 3), not Lightning's global step (5, 10, 15 here).
         run_id = fit_runs[0].info.run_id
         driver.get(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics")
         search = wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "input[placeholder*='Search metric']"), LOAD_S)
+        # Sections sort by name: the curves (lr, train, val) come before the best checkpoint's one-point scores.
+        wait(driver, lambda d: "val_best/class" in page_text(d), LOAD_S)
+        text = page_text(driver)
+        assert text.index("train/class") < text.index("val/class") < text.index("val_best/class"), text[:2000]
+        wait(driver, lambda d: _x_ticks(d), LOAD_S)  # the first charts are drawn
+        driver.save_screenshot(str(tmp_path / "mlflow-metrics.png"))
         search.send_keys("loss")
         ticks = wait(driver, lambda d: _x_ticks(d), LOAD_S)
         assert set(ticks) <= {"1", "1.5", "2", "2.5", "3"} and {"1", "3"} <= set(ticks), ticks
@@ -121,7 +132,7 @@ def test_mlflow_ui_shows_model_training_two_run_names_and_epoch_curves(two_fits,
         note = driver.find_element(By.XPATH, "//*[contains(text(), 'score of the best checkpoint')]")
         driver.execute_script("arguments[0].scrollIntoView({block: 'end'})", note)
         driver.save_screenshot(str(tmp_path / "mlflow-overview.png"))
-    for shot in ("mlflow-runs.png", "mlflow-curves.png", "mlflow-overview.png"):
+    for shot in ("mlflow-runs.png", "mlflow-metrics.png", "mlflow-curves.png", "mlflow-overview.png"):
         keep(tmp_path / shot)
 
 

@@ -33,6 +33,9 @@ def test_the_start_page_stores_model_training_and_opens_the_experiment_list():
         page = body["body"].decode()
         assert 'localStorage.setItem("mlflow.workflowType_v1", JSON.stringify("machine_learning"))' in page
         assert 'location.replace("./#/experiments?workflowType=machine_learning")' in page
+        # the GenAI assistant does not open by itself on a first visit (a browser's own state is kept)
+        key = "mlflow.assistant.fab.autoOpenedOnFirstLoad_v1"
+        assert f'if (localStorage.getItem("{key}") === null) localStorage.setItem("{key}", "true")' in page
 
 
 def test_every_other_request_goes_to_mlflows_app_untouched():
@@ -58,6 +61,7 @@ def test_the_app_is_mlflows_registered_app_and_the_key_is_the_one_mlflows_ui_rea
     assert found.value == "fruitlab.tracking.ui_app:app" and isinstance(ui_app.app, ui_app.WithStartPage)
     # The UI bundle of the installed MLflow keeps its mode under that key: a later MLflow that renames it fails here.
     bundle = Path(mlflow.server.__file__).parent / "js" / "build" / "static" / "js"
-    reads = [p.name for p in bundle.glob("main.*.js") if 'key:"mlflow.workflowType",version:1' in p.read_text()]
-    assert reads, "MLflow's UI no longer stores its GenAI/Model training choice as mlflow.workflowType v1"
+    keys = ('key:"mlflow.workflowType",version:1', 'key:"mlflow.assistant.fab.autoOpenedOnFirstLoad",version:1')
+    reads = [p.name for p in bundle.glob("main.*.js") if all(key in p.read_text() for key in keys)]
+    assert reads, "MLflow's UI no longer keeps its mode (or its assistant's first opening) under those keys"
     assert re.search(r"`\$\{e\}_v\$\{t\}`", (bundle / reads[0]).read_text())  # localStorage key = `${key}_v${version}`

@@ -18,9 +18,11 @@ import math
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 from lightning.pytorch.tuner import Tuner
@@ -77,14 +79,15 @@ def lr_find(
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
         warnings.filterwarnings("ignore", message=r".*weights_only. was not set")  # its own checkpoint, restored
-        finder = Tuner(_trainer(exp, tmp)).lr_find(
-            module,
-            datamodule=datamodule,
-            min_lr=min_lr,
-            max_lr=max_lr,
-            num_training=num_training,
-            update_attr=False,  # nothing to update: the result goes into the experiment file by --set
-        )
+        with _rich_bar():
+            finder = Tuner(_trainer(exp, tmp)).lr_find(
+                module,
+                datamodule=datamodule,
+                min_lr=min_lr,
+                max_lr=max_lr,
+                num_training=num_training,
+                update_attr=False,  # nothing to update: the result goes into the experiment file by --set
+            )
     assert finder is not None  # None only under fast_dev_run, which fruitlab's trainer never sets
     suggestion = finder.suggestion()
     figure = _save_figure(finder, exp, phase, suggestion, out_dir)
@@ -145,6 +148,43 @@ def _trainer(exp: Experiment, root: str) -> L.Trainer:
         reload_dataloaders_every_n_epochs=1 if exp.performance.feature_cache != "off" else 0,
         default_root_dir=root,
     )
+
+
+class _RichBar:
+    """What Lightning's lr-finder callback asks of tqdm (desc, total, update, close), drawn with Rich as fit's bars
+    are. Why by hand: Lightning's _LRCallback always draws a tqdm bar and leaves it open when the test runs to its
+    end, so a terminal showed tqdm's lines beside fit's Rich bars; Tuner.lr_find offers no switch."""
+
+    open: ClassVar[list[_RichBar]] = []
+
+    def __init__(self, desc: str, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+        )
+        self.task = self.progress.add_task(f"lr range test ({desc.lower()})", total=total)
+        self.progress.start()
+        _RichBar.open.append(self)
+
+    def update(self, n: int = 1) -> None:
+        self.progress.advance(self.task, n)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+@contextmanager
+def _rich_bar() -> Iterator[None]:
+    from lightning.pytorch.tuner import lr_finder
+
+    drawn_by, lr_finder.tqdm = lr_finder.tqdm, _RichBar  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        lr_finder.tqdm = drawn_by  # type: ignore[attr-defined]
+        while _RichBar.open:
+            _RichBar.open.pop().close()  # a test that ran all its steps leaves its bar open
 
 
 def _save_figure(finder: Any, exp: Experiment, phase: int, suggestion: float | None, out_dir: Path) -> Path:
