@@ -37,6 +37,7 @@ def test_lr_find_plots_suggests_and_logs_a_phase(tmp_path, fruit_data_dir, mlflo
     # the test's progress is a Rich bar like fit's (Lightning's finder draws tqdm's, left open, otherwise)
     assert "lr range test (finding best initial lr)" in out and "30/30" in out
     assert "it/s]" not in out + result.stderr and "s/it]" not in out + result.stderr
+    assert "Restoring states" not in out + result.stderr  # Lightning's notes on its own checkpoint of the test
     assert "finetune.phases.1 ('top'): suggested lr" in out and "the recipe has 0.01" in out
     # phase 1 sets backbone_lr (1e-3 beside lr 1e-2): both keys printed, the ratio kept
     assert "--set finetune.phases.1.optimizer.lr=" in out and "--set finetune.phases.1.optimizer.backbone_lr=" in out

@@ -179,9 +179,15 @@ def _rich_bar() -> Iterator[None]:
     from lightning.pytorch.tuner import lr_finder
 
     drawn_by, lr_finder.tqdm = lr_finder.tqdm, _RichBar  # type: ignore[attr-defined]
+    # Lightning's INFO lines about its own checkpoint of the test ("Restoring states from ...", "`Trainer.fit`
+    # stopped ...") would land inside the bar's line; the result is printed after it.
+    lightning_log = logging.getLogger("lightning.pytorch")
+    level = lightning_log.level
+    lightning_log.setLevel(max(level, logging.WARNING))
     try:
         yield
     finally:
+        lightning_log.setLevel(level)
         lr_finder.tqdm = drawn_by  # type: ignore[attr-defined]
         while _RichBar.open:
             _RichBar.open.pop().close()  # a test that ran all its steps leaves its bar open
