@@ -246,8 +246,8 @@ def lr_find(
 
     The phase trains exactly the parameters fit trains in it (and uses the feature cache where fit would), starting
     from the model's starting weights: the earlier phases are NOT trained first, so phase 1 after a head-only
-    phase 0 sees a fresh head. The suggestion is Lightning's (steepest descent of the smoothed loss, not fastai's
-    valley); every parameter group runs at the same lr during the test. Logs the plot and suggestion to MLflow.
+    phase 0 sees a fresh head. The suggestion is the steepest descent of the smoothed loss per decade of lr (not
+    fastai's valley); every parameter group runs at the same lr during the test. Logs the plot and suggestion to MLflow.
     """
     from fruitlab.config import load_experiment
 

@@ -2,8 +2,9 @@
 
 Lightning's own `Tuner(trainer).lr_find` runs it: the phase is set up as fit sets it up (the same model, PhasePlan
 and data module, so the same trainable parameters, frozen BatchNorm and feature cache), the learning rate grows
-exponentially over `num_training` optimizer steps, and the suggestion is Lightning's: the steepest descent of the
-smoothed loss (not fastai's 'valley'). Two consequences of using Lightning's finder as it is:
+exponentially over `num_training` optimizer steps. The suggestion is the steepest descent of Lightning's smoothed
+loss per decade of lr (steepest_descent(): not Lightning's own `suggestion()`, which measures the slope per unit of
+lr and so lands on low-lr plateaus; not fastai's 'valley'). Two consequences of using Lightning's finder as it is:
 - it sets every parameter group to the same learning rate, so in a phase with `backbone_lr` (or `layer_decay`) the
   head and the backbone are swept together; the suggestion is for `optimizer.lr`, and the printed `backbone_lr`
   keeps the recipe's backbone/head ratio (a rule of thumb, not something the test measured);
@@ -79,6 +80,8 @@ def lr_find(
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
         warnings.filterwarnings("ignore", message=r".*weights_only. was not set")  # its own checkpoint, restored
+        for category in (FutureWarning, DeprecationWarning):  # Lightning's own use of torch's pytree (as in fit)
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=category)
         with _rich_bar():
             finder = Tuner(_trainer(exp, tmp)).lr_find(
                 module,
@@ -89,7 +92,7 @@ def lr_find(
                 update_attr=False,  # nothing to update: the result goes into the experiment file by --set
             )
     assert finder is not None  # None only under fast_dev_run, which fruitlab's trainer never sets
-    suggestion = finder.suggestion()
+    suggestion = steepest_descent(finder.results["lr"], finder.results["loss"])
     figure = _save_figure(finder, exp, phase, suggestion, out_dir)
 
     uri = runs.tracking_uri(exp.tracking.uri)
@@ -106,6 +109,24 @@ def lr_find(
     result.seconds = time.perf_counter() - started
     result.run_id = _log_run(exp, uri, result, {tags.BACKBONE: exp.model.backbone, tags.WEIGHTS: weights})
     return result
+
+
+def steepest_descent(lrs: list[float], losses: list[float], skip_begin: int = 10, skip_end: int = 1) -> float | None:
+    """The lr where the smoothed loss falls fastest per decade of lr: the slope of the curve as it is plotted.
+
+    Why by hand: Lightning's LRFinder.suggestion() takes the slope with respect to the lr itself. On the test's
+    exponential grid the steps near 1e-7 are 10^6 times narrower than those near 1, so a flat stretch's wiggle at
+    low lr outweighs the real descent: on quickstart's head phase it suggested 1.48e-05, on a plateau, while the
+    loss falls fastest per decade at 7.9e-03 (benchmarks/training_tools.md). The skips are Lightning's defaults."""
+    import torch
+
+    kept = [(lr, loss) for lr, loss in zip(lrs, losses, strict=True)][skip_begin : len(lrs) - skip_end]
+    kept = [(lr, loss) for lr, loss in kept if math.isfinite(loss) and lr > 0]
+    if len(kept) < 2:
+        return None
+    decades = torch.log10(torch.tensor([lr for lr, _ in kept], dtype=torch.float64))
+    slopes = torch.gradient(torch.tensor([loss for _, loss in kept], dtype=torch.float64), spacing=[decades])[0]
+    return kept[int(torch.argmin(slopes))][0]
 
 
 def suggested_overrides(exp: Experiment, phase: int, suggestion: float | None) -> list[str]:
@@ -199,12 +220,14 @@ def _save_figure(finder: Any, exp: Experiment, phase: int, suggestion: float | N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = finder.plot(suggest=suggestion is not None)
+    fig = finder.plot(suggest=False)
     ax = fig.axes[0]
     recipe_lr = exp.finetune.phases[phase].optimizer.lr
     ax.axvline(recipe_lr, color="grey", linestyle="--", label=f"recipe lr {recipe_lr:.3g}")
     if suggestion is not None:
         ax.axvline(suggestion, color="red", linestyle=":", label=f"suggestion {suggestion:.3g} (steepest descent)")
+        at = finder.results["lr"].index(suggestion)
+        ax.plot(suggestion, finder.results["loss"][at], markersize=10, marker="o", color="red")
     label = exp.finetune.phases[phase].name or f"phase{phase}"
     ax.set_title(f"{exp.name}: lr range test of finetune.phases.{phase} '{label}'")
     ax.set_ylabel("training loss (smoothed)")
@@ -240,7 +263,7 @@ def _report(result: LrFindResult) -> dict[str, Any]:
     return {
         "phase": result.phase,
         "suggestion": result.suggestion,
-        "method": "steepest descent of the smoothed loss (Lightning's Tuner.lr_find)",
+        "method": "steepest descent of the smoothed loss per decade of lr (Lightning's Tuner.lr_find runs the test)",
         "overrides": result.overrides,
         "lr": result.lrs,
         "loss": [x if math.isfinite(x) else None for x in result.losses],
