@@ -62,7 +62,6 @@ class EarlyRun:
     so that any other error is raised in this process as it would have been."""
 
     def __init__(self, exp: Experiment, run_tags: dict[str, str]):
-        self.tags = run_tags
         self._pid: int | None = None
         self._read: int | None = None
         if not hasattr(os, "fork"):  # Windows: fit opens the run itself
